@@ -1,0 +1,294 @@
+//! The event ABI shared by the kernel programs and user space.
+//!
+//! Every record the kernel emits starts with a [`RecordHeader`] and is one of the `#[repr(C)]`
+//! structs below. Each kind has one fixed size, written into the header, so a reader can skip a
+//! kind it does not know. The trace file stores these records verbatim, which is why this crate is
+//! the single definition of both the ring-buffer ABI and the on-disk event encoding: changing a
+//! layout here means bumping [`ABI_VERSION`].
+//!
+//! All integers are little-endian (the probes only run on bpfel). Sizes are multiples of 8 so
+//! records stay aligned in the ring buffer.
+#![no_std]
+
+/// Bumped whenever a record layout or a kind's meaning changes.
+pub const ABI_VERSION: u16 = 1;
+
+/// Length of a kernel `comm` (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// The kinds of records. Values are stable within an [`ABI_VERSION`].
+pub mod kind {
+    /// `sched_switch`: `header.tid` is the outgoing thread ([`super::SwitchRecord`]).
+    pub const SWITCH: u8 = 1;
+    /// `sched_waking`: fired in the waker's context ([`super::WakeRecord`]).
+    pub const WAKING: u8 = 2;
+    /// `sched_wakeup`: the woken thread is on a run queue ([`super::WakeRecord`]).
+    pub const WAKEUP: u8 = 3;
+    /// `sched_wakeup_new`: a new thread is on a run queue for the first time ([`super::WakeRecord`]).
+    pub const WAKEUP_NEW: u8 = 4;
+    /// `sched_migrate_task` ([`super::MigrateRecord`]).
+    pub const MIGRATE: u8 = 5;
+    /// `sched_process_fork`: a thread or a process was created ([`super::ForkRecord`]).
+    pub const FORK: u8 = 6;
+    /// `sched_process_exec` ([`super::ExecRecord`]).
+    pub const EXEC: u8 = 7;
+    /// `sched_process_exit` ([`super::ExitRecord`]).
+    pub const EXIT: u8 = 8;
+    /// `task_rename`: a thread changed its comm ([`super::RenameRecord`]).
+    pub const RENAME: u8 = 9;
+    /// Entry of `epoll_wait`, `epoll_pwait` or `epoll_pwait2` ([`super::EpollEnterRecord`]).
+    pub const EPOLL_ENTER: u8 = 10;
+    /// Exit of one of the epoll wait calls ([`super::EpollExitRecord`]).
+    pub const EPOLL_EXIT: u8 = 11;
+    /// A user-level runtime event from a USDT probe or uprobe ([`super::UserTaskRecord`]).
+    pub const USER_TASK: u8 = 12;
+    /// A CPU-clock stack sample ([`super::CpuSampleRecord`]).
+    pub const CPU_SAMPLE: u8 = 13;
+    /// One more than the largest kind: the size of per-kind tables.
+    pub const COUNT: usize = 14;
+}
+
+/// Bits of [`RecordHeader::flags`] for [`kind::SWITCH`].
+pub mod switch_flags {
+    /// The outgoing thread was preempted (it stays runnable).
+    pub const PREEMPT: u32 = 1;
+}
+
+/// Bits of [`RecordHeader::flags`] for [`kind::FORK`].
+pub mod fork_flags {
+    /// The child is a thread of the parent's process (CLONE_THREAD), not a new process.
+    pub const THREAD: u32 = 1;
+    /// The child's process was added to the kernel-side filter (follow-children mode).
+    pub const FOLLOWED: u32 = 2;
+}
+
+/// Bits of [`RecordHeader::flags`] for [`kind::EXIT`].
+pub mod exit_flags {
+    /// The last thread of the process exited.
+    pub const GROUP_DEAD: u32 = 1;
+}
+
+/// Which epoll wait call an [`EpollEnterRecord`] / [`EpollExitRecord`] is about (`flags`).
+pub mod epoll_call {
+    pub const EPOLL_WAIT: u32 = 0;
+    pub const EPOLL_PWAIT: u32 = 1;
+    pub const EPOLL_PWAIT2: u32 = 2;
+}
+
+/// Indexes of the per-CPU `DROPS` array beyond the per-kind reservation failures
+/// (index = record kind for those).
+pub mod drop_slot {
+    /// A followed child process could not be added to the filter table (table full).
+    pub const FILTER_TABLE_FULL: u32 = 0;
+    /// Number of slots in the `DROPS` array.
+    pub const COUNT: u32 = super::kind::COUNT as u32;
+}
+
+/// Names of maps and globals shared by both sides.
+pub mod names {
+    /// The ring buffer every record goes through.
+    pub const EVENTS_MAP: &str = "EVENTS";
+    /// Per-CPU counters of failed reservations, indexed by kind (slot 0: filter table full).
+    pub const DROPS_MAP: &str = "DROPS";
+    /// Per-CPU counters of submitted records, indexed by kind.
+    pub const SUBMITTED_MAP: &str = "SUBMITTED";
+    /// Set of traced process ids (tgid → 1) when the filter is on.
+    pub const TRACED_PIDS_MAP: &str = "TRACED_PIDS";
+}
+
+/// Common header of every record: 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// Size of the whole record in bytes, header included.
+    pub size: u8,
+    /// CPU the probe ran on.
+    pub cpu: u16,
+    /// The current thread (kernel pid) in whose context the probe fired.
+    pub tid: u32,
+    /// The current thread's process (kernel tgid).
+    pub pid: u32,
+    /// Kind-specific flag bits.
+    pub flags: u32,
+}
+
+/// `sched_switch`. The header's thread is the outgoing one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchRecord {
+    pub header: RecordHeader,
+    pub next_tid: u32,
+    pub next_pid: u32,
+    /// The outgoing thread's state word (`TASK_*` bits, 0 = still runnable).
+    pub prev_state: u32,
+    pub prev_prio: i16,
+    pub next_prio: i16,
+    /// `se.vruntime` of the outgoing thread, 0 if the kernel does not expose it.
+    pub prev_vruntime: u64,
+    /// `se.vruntime` of the incoming thread.
+    pub next_vruntime: u64,
+    /// `se.load.weight` of the outgoing thread (kernel-scaled), saturated to u32.
+    pub prev_weight: u32,
+    pub next_weight: u32,
+}
+
+/// `sched_waking`, `sched_wakeup` and `sched_wakeup_new`. The header's thread is the context the
+/// probe ran in: the waker for `sched_waking`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WakeRecord {
+    pub header: RecordHeader,
+    pub target_tid: u32,
+    pub target_pid: u32,
+    pub target_cpu: u32,
+    pub target_prio: i32,
+}
+
+/// `sched_migrate_task`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrateRecord {
+    pub header: RecordHeader,
+    pub target_tid: u32,
+    pub target_pid: u32,
+    pub orig_cpu: u32,
+    pub dest_cpu: u32,
+}
+
+/// `sched_process_fork`. The header's thread is the parent; flags are [`fork_flags`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub header: RecordHeader,
+    pub child_tid: u32,
+    pub child_pid: u32,
+    pub child_comm: [u8; COMM_LEN],
+}
+
+/// `sched_process_exec`. The header's thread is the thread after exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub header: RecordHeader,
+    /// The thread id the exec was called from (differs when a non-leader thread execs).
+    pub old_tid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `sched_process_exit`. The header's thread is the exiting one; flags are [`exit_flags`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub header: RecordHeader,
+}
+
+/// `task_rename`. The header's thread is the renamed one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenameRecord {
+    pub header: RecordHeader,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Entry of an epoll wait call; flags are one of [`epoll_call`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpollEnterRecord {
+    pub header: RecordHeader,
+    pub epfd: i32,
+    pub maxevents: i32,
+    /// Timeout in nanoseconds, -1 for "wait forever".
+    pub timeout_ns: i64,
+}
+
+/// Exit of an epoll wait call; flags are one of [`epoll_call`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpollExitRecord {
+    pub header: RecordHeader,
+    /// Number of ready events, or -errno.
+    pub ret: i64,
+}
+
+/// A user-level runtime event (a USDT probe point or a runtime uprobe). What the arguments mean
+/// depends on `probe`, which indexes the probe table the recorder wrote into the trace file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserTaskRecord {
+    pub header: RecordHeader,
+    /// Index into the trace's probe table.
+    pub probe: u32,
+    pub _pad: u32,
+    pub args: [u64; USER_TASK_ARGS],
+}
+
+/// Number of arguments a [`UserTaskRecord`] carries.
+pub const USER_TASK_ARGS: usize = 5;
+
+/// A CPU-clock sample with kernel-walked stacks (ids into the trace's stack table, -1 = none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuSampleRecord {
+    pub header: RecordHeader,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    /// The user-level task running on the thread, 0 if unknown.
+    pub user_task: u64,
+}
+
+/// The size each kind's record has, or `None` for a kind this ABI version does not define.
+pub const fn record_size(kind: u8) -> Option<usize> {
+    use core::mem::size_of;
+    Some(match kind {
+        kind::SWITCH => size_of::<SwitchRecord>(),
+        kind::WAKING | kind::WAKEUP | kind::WAKEUP_NEW => size_of::<WakeRecord>(),
+        kind::MIGRATE => size_of::<MigrateRecord>(),
+        kind::FORK => size_of::<ForkRecord>(),
+        kind::EXEC => size_of::<ExecRecord>(),
+        kind::EXIT => size_of::<ExitRecord>(),
+        kind::RENAME => size_of::<RenameRecord>(),
+        kind::EPOLL_ENTER => size_of::<EpollEnterRecord>(),
+        kind::EPOLL_EXIT => size_of::<EpollExitRecord>(),
+        kind::USER_TASK => size_of::<UserTaskRecord>(),
+        kind::CPU_SAMPLE => size_of::<CpuSampleRecord>(),
+        _ => return None,
+    })
+}
+
+/// The largest record of this ABI version.
+pub const MAX_RECORD_SIZE: usize = 72;
+
+// The layouts are the contract: fail the build of either side if they drift.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<RecordHeader>() == 24);
+    assert!(offset_of!(RecordHeader, kind) == 8);
+    assert!(offset_of!(RecordHeader, size) == 9);
+    assert!(offset_of!(RecordHeader, cpu) == 10);
+    assert!(offset_of!(RecordHeader, tid) == 12);
+    assert!(offset_of!(RecordHeader, pid) == 16);
+    assert!(offset_of!(RecordHeader, flags) == 20);
+    assert!(size_of::<SwitchRecord>() == 64);
+    assert!(size_of::<WakeRecord>() == 40);
+    assert!(size_of::<MigrateRecord>() == 40);
+    assert!(size_of::<ForkRecord>() == 48);
+    assert!(size_of::<ExecRecord>() == 48);
+    assert!(size_of::<ExitRecord>() == 24);
+    assert!(size_of::<RenameRecord>() == 40);
+    assert!(size_of::<EpollEnterRecord>() == 40);
+    assert!(size_of::<EpollExitRecord>() == 32);
+    assert!(size_of::<UserTaskRecord>() == 72);
+    assert!(size_of::<CpuSampleRecord>() == 40);
+    let mut k = 0;
+    while k < kind::COUNT as u8 {
+        if let Some(s) = record_size(k) {
+            assert!(s % 8 == 0 && s <= MAX_RECORD_SIZE && s <= u8::MAX as usize);
+        }
+        k += 1;
+    }
+};

@@ -1,0 +1,526 @@
+//! sched-trace's kernel programs.
+//!
+//! They observe and emit fixed-size records (`sched-trace-abi`) into one ring buffer. Every
+//! program applies the process filter before it reserves ring-buffer space, and counts every
+//! failed reservation in the per-CPU `DROPS` array, indexed by record kind.
+//!
+//! Rust kernel code cannot emit CO-RE relocations, so no kernel struct layout is compiled in:
+//! the scheduler probes are raw tracepoints whose arguments are the tracepoint prototypes
+//! (checked against the running kernel's BTF by the loader), and every `task_struct` field is
+//! read through an offset the loader found in that BTF and wrote into the globals below. The
+//! epoll probes are syscall tracepoints whose field offsets the loader read from tracefs.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use sched_trace_abi::{
+    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, EpollEnterRecord,
+    EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, MigrateRecord, RecordHeader,
+    RenameRecord, SwitchRecord, WakeRecord, COMM_LEN,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Maps. Sizes are set by the loader (`EbpfLoader::set_max_entries`); these are defaults.
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_slot::COUNT, 0);
+
+/// Per-CPU counters of records submitted, indexed by kind: user space checks that it received
+/// every one of them.
+#[map]
+static SUBMITTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_slot::COUNT, 0);
+
+#[map]
+static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
+
+// ---------------------------------------------------------------------------------------------
+// Globals written by the loader before the programs are loaded.
+
+/// 0: trace every process but the recorder itself; 1: only the processes in `TRACED_PIDS`.
+#[unsafe(no_mangle)]
+static FILTER_PIDS: u8 = 0;
+/// Add child processes of traced processes to `TRACED_PIDS`.
+#[unsafe(no_mangle)]
+static FOLLOW_CHILDREN: u8 = 0;
+/// The recorder's own process, never traced.
+#[unsafe(no_mangle)]
+static SELF_PID: u32 = 0;
+
+/// `task_struct` field offsets from the running kernel's BTF. An offset of `u32::MAX` means the
+/// field does not exist on this kernel and the value is recorded as 0.
+#[unsafe(no_mangle)]
+static TASK_PID: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static TASK_TGID: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static TASK_PRIO: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static TASK_COMM: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static TASK_CPU: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static TASK_VRUNTIME: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static TASK_WEIGHT: u32 = u32::MAX;
+
+/// Offsets of the fields of the epoll syscall tracepoints, from their tracefs `format` files.
+#[unsafe(no_mangle)]
+static EPOLL_EPFD: u32 = 16;
+#[unsafe(no_mangle)]
+static EPOLL_MAXEVENTS: u32 = 32;
+#[unsafe(no_mangle)]
+static EPOLL_TIMEOUT: u32 = 40;
+#[unsafe(no_mangle)]
+static EPOLL_RET: u32 = 16;
+
+#[inline(always)]
+fn global<T: Copy>(g: &'static T) -> T {
+    // Globals live in .rodata and are patched by the loader: stop the compiler folding them.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filter.
+
+#[inline(always)]
+fn traced(pid: u32) -> bool {
+    if global(&FILTER_PIDS) == 0 {
+        return pid != global(&SELF_PID);
+    }
+    unsafe { TRACED_PIDS.get(&pid).is_some() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading `task_struct` through load-time offsets.
+
+#[derive(Clone, Copy)]
+struct Task(u64);
+
+impl Task {
+    #[inline(always)]
+    fn field<T: Default>(self, offset: u32) -> T {
+        if offset == u32::MAX || self.0 == 0 {
+            return T::default();
+        }
+        unsafe { bpf_probe_read_kernel((self.0 + offset as u64) as *const T) }.unwrap_or_default()
+    }
+    #[inline(always)]
+    fn tid(self) -> u32 {
+        self.field::<u32>(global(&TASK_PID))
+    }
+    #[inline(always)]
+    fn pid(self) -> u32 {
+        self.field::<u32>(global(&TASK_TGID))
+    }
+    #[inline(always)]
+    fn prio(self) -> i32 {
+        self.field::<i32>(global(&TASK_PRIO))
+    }
+    #[inline(always)]
+    fn cpu(self) -> u32 {
+        self.field::<u32>(global(&TASK_CPU))
+    }
+    #[inline(always)]
+    fn vruntime(self) -> u64 {
+        self.field::<u64>(global(&TASK_VRUNTIME))
+    }
+    #[inline(always)]
+    fn weight(self) -> u32 {
+        let w = self.field::<u64>(global(&TASK_WEIGHT));
+        if w > u32::MAX as u64 { u32::MAX } else { w as u32 }
+    }
+    #[inline(always)]
+    fn comm(self) -> [u8; COMM_LEN] {
+        self.field::<[u8; COMM_LEN]>(global(&TASK_COMM))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Emission.
+
+#[inline(always)]
+fn header(kind: u8, size: usize, tid: u32, pid: u32, flags: u32) -> RecordHeader {
+    RecordHeader {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        kind,
+        size: size as u8,
+        cpu: unsafe { bpf_get_smp_processor_id() } as u16,
+        tid,
+        pid,
+        flags,
+    }
+}
+
+#[inline(always)]
+fn current() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+#[inline(always)]
+fn count_drop(slot: u32) {
+    if let Some(c) = DROPS.get_ptr_mut(slot) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Reserve, fill and submit one record; a failed reservation is counted under `kind`.
+#[inline(always)]
+fn emit<T: 'static>(kind: u8, record: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(0);
+            if let Some(c) = SUBMITTED.get_ptr_mut(kind as u32) {
+                unsafe { *c += 1 };
+            }
+        }
+        None => count_drop(kind as u32),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduler raw tracepoints. Prototypes (checked by the loader):
+//   sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)
+//   sched_waking / sched_wakeup / sched_wakeup_new(task_struct *p)
+//   sched_migrate_task(task_struct *p, int dest_cpu)
+//   sched_process_fork(task_struct *parent, task_struct *child)
+//   sched_process_exec(task_struct *p, pid_t old_pid, linux_binprm *bprm)
+//   sched_process_exit(task_struct *p, bool group_dead)
+//   task_rename(task_struct *task, const char *comm)
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let preempt: u64 = ctx.arg(0);
+    let prev = Task(ctx.arg(1));
+    let next = Task(ctx.arg(2));
+    let prev_state: u64 = ctx.arg(3);
+    let (prev_tid, prev_pid) = current();
+    let next_pid = next.pid();
+    if !traced(prev_pid) && !traced(next_pid) {
+        return 0;
+    }
+    let flags = if preempt & 0xff != 0 { switch_flags::PREEMPT } else { 0 };
+    emit(
+        kind::SWITCH,
+        SwitchRecord {
+            header: header(
+                kind::SWITCH,
+                core::mem::size_of::<SwitchRecord>(),
+                prev_tid,
+                prev_pid,
+                flags,
+            ),
+            next_tid: next.tid(),
+            next_pid,
+            prev_state: prev_state as u32,
+            prev_prio: prev.prio() as i16,
+            next_prio: next.prio() as i16,
+            prev_vruntime: prev.vruntime(),
+            next_vruntime: next.vruntime(),
+            prev_weight: prev.weight(),
+            next_weight: next.weight(),
+        },
+    );
+    0
+}
+
+#[inline(always)]
+fn wake(ctx: &RawTracePointContext, kind: u8) -> i32 {
+    let p = Task(ctx.arg(0));
+    let target_pid = p.pid();
+    if !traced(target_pid) {
+        return 0;
+    }
+    let (tid, pid) = current();
+    emit(
+        kind,
+        WakeRecord {
+            header: header(kind, core::mem::size_of::<WakeRecord>(), tid, pid, 0),
+            target_tid: p.tid(),
+            target_pid,
+            target_cpu: p.cpu(),
+            target_prio: p.prio(),
+        },
+    );
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_waking")]
+pub fn sched_waking(ctx: RawTracePointContext) -> i32 {
+    wake(&ctx, kind::WAKING)
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
+    wake(&ctx, kind::WAKEUP)
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
+    wake(&ctx, kind::WAKEUP_NEW)
+}
+
+#[raw_tracepoint(tracepoint = "sched_migrate_task")]
+pub fn sched_migrate_task(ctx: RawTracePointContext) -> i32 {
+    let p = Task(ctx.arg(0));
+    let dest_cpu: u64 = ctx.arg(1);
+    let target_pid = p.pid();
+    if !traced(target_pid) {
+        return 0;
+    }
+    let (tid, pid) = current();
+    emit(
+        kind::MIGRATE,
+        MigrateRecord {
+            header: header(kind::MIGRATE, core::mem::size_of::<MigrateRecord>(), tid, pid, 0),
+            target_tid: p.tid(),
+            target_pid,
+            orig_cpu: p.cpu(),
+            dest_cpu: dest_cpu as u32,
+        },
+    );
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let parent = Task(ctx.arg(0));
+    let child = Task(ctx.arg(1));
+    let parent_pid = parent.pid();
+    if !traced(parent_pid) {
+        return 0;
+    }
+    let child_tid = child.tid();
+    let child_pid = child.pid();
+    let mut flags = 0;
+    if child_pid == parent_pid {
+        flags |= fork_flags::THREAD;
+    } else if global(&FILTER_PIDS) != 0 && global(&FOLLOW_CHILDREN) != 0 {
+        // Before the child first runs (its wakeup_new comes after this tracepoint), so none of
+        // its events is filtered out.
+        if TRACED_PIDS.insert(&child_pid, &1, 0).is_ok() {
+            flags |= fork_flags::FOLLOWED;
+        } else {
+            count_drop(drop_slot::FILTER_TABLE_FULL);
+        }
+    }
+    emit(
+        kind::FORK,
+        ForkRecord {
+            header: header(
+                kind::FORK,
+                core::mem::size_of::<ForkRecord>(),
+                parent.tid(),
+                parent_pid,
+                flags,
+            ),
+            child_tid,
+            child_pid,
+            child_comm: child.comm(),
+        },
+    );
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let p = Task(ctx.arg(0));
+    let old_tid: u64 = ctx.arg(1);
+    let (tid, pid) = current();
+    if !traced(pid) {
+        return 0;
+    }
+    emit(
+        kind::EXEC,
+        ExecRecord {
+            header: header(kind::EXEC, core::mem::size_of::<ExecRecord>(), tid, pid, 0),
+            old_tid: old_tid as u32,
+            _pad: 0,
+            comm: p.comm(),
+        },
+    );
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let group_dead: u64 = ctx.arg(1);
+    let (tid, pid) = current();
+    if !traced(pid) {
+        return 0;
+    }
+    let flags = if group_dead & 0xff != 0 { exit_flags::GROUP_DEAD } else { 0 };
+    emit(
+        kind::EXIT,
+        ExitRecord {
+            header: header(kind::EXIT, core::mem::size_of::<ExitRecord>(), tid, pid, flags),
+        },
+    );
+    0
+}
+
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn task_rename(ctx: RawTracePointContext) -> i32 {
+    let task = Task(ctx.arg(0));
+    let new_comm: u64 = ctx.arg(1);
+    let pid = task.pid();
+    if !traced(pid) {
+        return 0;
+    }
+    let mut comm = [0u8; COMM_LEN];
+    // A failed read leaves an empty name, which user space reports as unknown.
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(new_comm as *const u8, &mut comm) };
+    emit(
+        kind::RENAME,
+        RenameRecord {
+            header: header(kind::RENAME, core::mem::size_of::<RenameRecord>(), task.tid(), pid, 0),
+            comm,
+        },
+    );
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// epoll wait calls: syscall tracepoints (the thread-level view of a netpoller).
+
+#[inline(always)]
+fn epoll_enter(ctx: &TracePointContext, call: u32, timeout_ns: i64) -> u32 {
+    let (tid, pid) = current();
+    let epfd: u64 = unsafe { ctx.read_at(global(&EPOLL_EPFD) as usize) }.unwrap_or(u64::MAX);
+    let maxevents: u64 = unsafe { ctx.read_at(global(&EPOLL_MAXEVENTS) as usize) }.unwrap_or(0);
+    emit(
+        kind::EPOLL_ENTER,
+        EpollEnterRecord {
+            header: header(
+                kind::EPOLL_ENTER,
+                core::mem::size_of::<EpollEnterRecord>(),
+                tid,
+                pid,
+                call,
+            ),
+            epfd: epfd as i32,
+            maxevents: maxevents as i32,
+            timeout_ns,
+        },
+    );
+    0
+}
+
+#[inline(always)]
+fn current_traced() -> bool {
+    traced((bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
+/// `timeout` of epoll_wait / epoll_pwait: milliseconds, negative = forever.
+#[inline(always)]
+fn timeout_ms(ctx: &TracePointContext) -> i64 {
+    let ms: u64 = unsafe { ctx.read_at(global(&EPOLL_TIMEOUT) as usize) }.unwrap_or(u64::MAX);
+    let ms = ms as i32;
+    if ms < 0 { -1 } else { ms as i64 * 1_000_000 }
+}
+
+#[tracepoint]
+pub fn sys_enter_epoll_wait(ctx: TracePointContext) -> u32 {
+    if !current_traced() {
+        return 0;
+    }
+    epoll_enter(&ctx, epoll_call::EPOLL_WAIT, timeout_ms(&ctx))
+}
+
+#[tracepoint]
+pub fn sys_enter_epoll_pwait(ctx: TracePointContext) -> u32 {
+    if !current_traced() {
+        return 0;
+    }
+    epoll_enter(&ctx, epoll_call::EPOLL_PWAIT, timeout_ms(&ctx))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+#[tracepoint]
+pub fn sys_enter_epoll_pwait2(ctx: TracePointContext) -> u32 {
+    if !current_traced() {
+        return 0;
+    }
+    // `timeout` is a `struct __kernel_timespec *` in user memory; NULL waits forever.
+    let ptr: u64 = unsafe { ctx.read_at(global(&EPOLL_TIMEOUT) as usize) }.unwrap_or(0);
+    let timeout_ns = if ptr == 0 {
+        -1
+    } else {
+        match unsafe { bpf_probe_read_user(ptr as *const KernelTimespec) } {
+            // Bounded so the multiplication cannot overflow (no 128-bit math in BPF).
+            Ok(ts) if ts.tv_sec >= 0 && ts.tv_sec < 1 << 32 => {
+                ts.tv_sec * 1_000_000_000 + (ts.tv_nsec & 0x3fff_ffff)
+            }
+            Ok(ts) if ts.tv_sec >= 0 => i64::MAX,
+            _ => -1,
+        }
+    };
+    epoll_enter(&ctx, epoll_call::EPOLL_PWAIT2, timeout_ns)
+}
+
+#[inline(always)]
+fn epoll_exit(ctx: &TracePointContext, call: u32) -> u32 {
+    let (tid, pid) = current();
+    if !traced(pid) {
+        return 0;
+    }
+    let ret: i64 = unsafe { ctx.read_at(global(&EPOLL_RET) as usize) }.unwrap_or(0);
+    emit(
+        kind::EPOLL_EXIT,
+        EpollExitRecord {
+            header: header(
+                kind::EPOLL_EXIT,
+                core::mem::size_of::<EpollExitRecord>(),
+                tid,
+                pid,
+                call,
+            ),
+            ret,
+        },
+    );
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_epoll_wait(ctx: TracePointContext) -> u32 {
+    epoll_exit(&ctx, epoll_call::EPOLL_WAIT)
+}
+
+#[tracepoint]
+pub fn sys_exit_epoll_pwait(ctx: TracePointContext) -> u32 {
+    epoll_exit(&ctx, epoll_call::EPOLL_PWAIT)
+}
+
+#[tracepoint]
+pub fn sys_exit_epoll_pwait2(ctx: TracePointContext) -> u32 {
+    epoll_exit(&ctx, epoll_call::EPOLL_PWAIT2)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program; the verifier rejects code that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

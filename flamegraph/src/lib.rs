@@ -1,0 +1,1 @@
+//! Stacks → symbols → folded stacks → flame graphs. Filled by the flame-graph issue.

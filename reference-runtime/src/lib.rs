@@ -1,0 +1,1 @@
+//! A small G/M/P runtime. Filled by the reference-runtime issue.

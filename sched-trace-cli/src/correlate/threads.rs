@@ -1,0 +1,307 @@
+//! Per kernel thread: a state machine rebuilt from the scheduler probes, folded into totals.
+//!
+//! States: running on a CPU; runnable (woken, or preempted: kept apart) waiting in a CFS run
+//! queue; sleeping; blocked in an epoll wait; blocked otherwise (uninterruptible, stopped, ...).
+//! A thread's time before its first event is unknown and not counted; at the end of the trace
+//! each thread's last state is closed at the trace's end.
+//!
+//! Some switches never reach the trace: the kernel skips tracepoints in the context of tasks
+//! hidden from tracing (seen on sandboxed machines: the switch *out of* such a task is never
+//! reported), and a full ring buffer drops records. So a thread can be seen running (switching
+//! out, or firing a probe as the current task) while its last known state is off-CPU. Its
+//! switch-in happened between the latest moment it is known not to have happened yet (its own
+//! off-CPU transition or the last switch seen on that CPU, whichever is later) and the event
+//! that shows it running. That window is not guessed into either side: it is counted as
+//! unaccounted time, so on-CPU and off-CPU totals stay lower bounds and the gap is visible.
+//! Such missed switch-ins are counted, and give no run-queue latency sample.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::trace::{Event, EventKind, event::Switch};
+
+/// `TASK_*` state bits (include/linux/sched.h); stable across kernels since 4.14.
+pub mod task_state {
+    pub const RUNNING: u32 = 0x0000;
+    pub const INTERRUPTIBLE: u32 = 0x0001;
+    pub const UNINTERRUPTIBLE: u32 = 0x0002;
+    pub const EXIT_DEAD: u32 = 0x0010;
+    pub const EXIT_ZOMBIE: u32 = 0x0020;
+    pub const DEAD: u32 = 0x0080;
+    pub const NOLOAD: u32 = 0x0400;
+}
+
+/// Why a thread is off CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffCpu {
+    /// Runnable, waiting for a CPU after a wake-up.
+    Woken,
+    /// Runnable, waiting for a CPU after being preempted (or yielding).
+    Preempted,
+    /// Interruptible sleep (not in epoll).
+    Sleeping,
+    /// Blocked in epoll_wait / epoll_pwait / epoll_pwait2.
+    Epoll,
+    /// Uninterruptible sleep, stopped, traced, or another state.
+    Blocked,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadState {
+    Unknown,
+    Running { since: u64, cpu: u16 },
+    Off { since: u64, why: OffCpu },
+    Dead,
+}
+
+/// Totals for one thread.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadStats {
+    pub tid: u32,
+    pub pid: u32,
+    pub on_cpu_ns: u64,
+    /// Waiting in a run queue (woken or preempted).
+    pub runqueue_ns: u64,
+    pub sleeping_ns: u64,
+    pub epoll_ns: u64,
+    pub blocked_ns: u64,
+    /// Run-queue latencies (runnable → running), in order.
+    pub latencies_ns: Vec<u64>,
+    /// How many of those started with a wake-up (the rest with a preemption).
+    pub latencies_from_wakeup: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub migrations: u64,
+    /// Waker thread → number of wake-ups.
+    pub wakers: HashMap<u32, u64>,
+    /// Thread that took the CPU → number of preemptions of this thread.
+    pub preempted_by: HashMap<u32, u64>,
+    pub exited: bool,
+    /// Switch-ins the trace did not contain (see the module docs)...
+    pub missed_switch_ins: u64,
+    /// ...and the time around them that cannot be attributed to a state.
+    pub unaccounted_ns: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+}
+
+impl ThreadStats {
+    pub fn off_cpu_ns(&self) -> u64 {
+        self.runqueue_ns + self.sleeping_ns + self.epoll_ns + self.blocked_ns
+    }
+
+    fn add_off(&mut self, why: OffCpu, ns: u64) {
+        match why {
+            OffCpu::Woken | OffCpu::Preempted => self.runqueue_ns += ns,
+            OffCpu::Sleeping => self.sleeping_ns += ns,
+            OffCpu::Epoll => self.epoll_ns += ns,
+            OffCpu::Blocked => self.blocked_ns += ns,
+        }
+    }
+}
+
+struct Thread {
+    stats: ThreadStats,
+    state: ThreadState,
+    in_epoll: bool,
+    /// Waker named by the last `sched_waking` for this thread, consumed by `sched_wakeup`.
+    pending_waker: Option<u32>,
+}
+
+impl Thread {
+    /// The thread is seen running at `seen` but its switch-in is missing; it cannot have happened
+    /// before `earliest`.
+    fn missed_switch_in(&mut self, earliest: u64, seen: u64, cpu: u16) {
+        if let ThreadState::Off { since, why } = self.state {
+            let earliest = earliest.clamp(since, seen);
+            self.stats.add_off(why, earliest - since);
+            self.stats.unaccounted_ns += seen - earliest;
+        }
+        self.stats.missed_switch_ins += 1;
+        self.state = ThreadState::Running { since: seen, cpu };
+    }
+}
+
+/// Which processes' threads get statistics.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    All,
+    /// These processes, plus children the recorder followed.
+    Pids(Vec<u32>),
+}
+
+/// Folds events into per-thread totals.
+pub struct ThreadTracker {
+    threads: HashMap<u32, Thread>,
+    scope_all: bool,
+    pids: std::collections::HashSet<u32>,
+    /// Per CPU, the time of the last switch seen there.
+    last_switch: Vec<u64>,
+}
+
+impl ThreadTracker {
+    pub fn new(scope: Scope) -> Self {
+        let (scope_all, pids) = match scope {
+            Scope::All => (true, Default::default()),
+            Scope::Pids(p) => (false, p.into_iter().collect()),
+        };
+        ThreadTracker { threads: HashMap::new(), scope_all, pids, last_switch: Vec::new() }
+    }
+
+    fn in_scope(&self, tid: u32, pid: u32) -> bool {
+        tid != 0 && (self.scope_all || self.pids.contains(&pid))
+    }
+
+    fn thread(&mut self, tid: u32, pid: u32, ts: u64) -> &mut Thread {
+        let t = self.threads.entry(tid).or_insert_with(|| Thread {
+            stats: ThreadStats { tid, pid, first_ts: ts, ..Default::default() },
+            state: ThreadState::Unknown,
+            in_epoll: false,
+            pending_waker: None,
+        });
+        t.stats.last_ts = ts;
+        if t.stats.pid == 0 {
+            t.stats.pid = pid;
+        }
+        t
+    }
+
+    pub fn event(&mut self, e: &Event) {
+        // Probes that fire in a thread's own context prove it is running.
+        let as_current = match e.kind {
+            EventKind::Rename { .. } | EventKind::UserTask { .. } | EventKind::CpuSample { .. } => false,
+            EventKind::Switch(_) => false, // handled with the switch-out
+            _ => true,
+        };
+        if as_current && self.in_scope(e.tid, e.pid) {
+            let last = self.last_switch_on(e.cpu);
+            let t = self.thread(e.tid, e.pid, e.ts);
+            match t.state {
+                ThreadState::Off { .. } => t.missed_switch_in(last, e.ts, e.cpu),
+                ThreadState::Unknown => t.state = ThreadState::Running { since: e.ts, cpu: e.cpu },
+                _ => {}
+            }
+        }
+        match e.kind {
+            EventKind::Switch(s) => self.switch(e, &s),
+            EventKind::Waking(w) if self.in_scope(w.tid, w.pid) => {
+                self.thread(w.tid, w.pid, e.ts).pending_waker = Some(e.tid);
+            }
+            EventKind::Wakeup(w) | EventKind::WakeupNew(w) if self.in_scope(w.tid, w.pid) => {
+                let new = matches!(e.kind, EventKind::WakeupNew(_));
+                let t = self.thread(w.tid, w.pid, e.ts);
+                // A new thread is woken by its creator, in whose context this fires.
+                let waker = if new { Some(e.tid) } else { t.pending_waker.take() };
+                match t.state {
+                    ThreadState::Off {
+                        since,
+                        why: why @ (OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked),
+                    } => {
+                        t.stats.add_off(why, e.ts.saturating_sub(since));
+                    }
+                    ThreadState::Unknown if new => {}
+                    // Already running or runnable (woken before it got off the CPU), or of
+                    // unknown state: nothing changes.
+                    _ => return,
+                }
+                t.state = ThreadState::Off { since: e.ts, why: OffCpu::Woken };
+                if let Some(w) = waker {
+                    *t.stats.wakers.entry(w).or_default() += 1;
+                }
+            }
+            EventKind::Migrate { tid, pid, .. } if self.in_scope(tid, pid) => {
+                self.thread(tid, pid, e.ts).stats.migrations += 1;
+            }
+            EventKind::Fork { child_pid, thread, followed, .. }
+                if (followed || thread) && !self.scope_all && self.pids.contains(&e.pid) =>
+            {
+                self.pids.insert(child_pid);
+            }
+            EventKind::Exit { .. } if self.in_scope(e.tid, e.pid) => {
+                self.thread(e.tid, e.pid, e.ts).stats.exited = true;
+            }
+            EventKind::EpollEnter { .. } | EventKind::EpollExit { .. } if self.in_scope(e.tid, e.pid) => {
+                self.thread(e.tid, e.pid, e.ts).in_epoll = matches!(e.kind, EventKind::EpollEnter { .. });
+            }
+            _ => {}
+        }
+    }
+
+    fn last_switch_on(&self, cpu: u16) -> u64 {
+        self.last_switch.get(cpu as usize).copied().unwrap_or(0)
+    }
+
+    fn switch(&mut self, e: &Event, s: &Switch) {
+        let last = self.last_switch_on(e.cpu);
+        if let Some(slot) = self.last_switch.get_mut(e.cpu as usize) {
+            *slot = e.ts;
+        } else {
+            self.last_switch.resize(e.cpu as usize + 1, 0);
+            self.last_switch[e.cpu as usize] = e.ts;
+        }
+        if self.in_scope(e.tid, e.pid) {
+            let t = self.thread(e.tid, e.pid, e.ts);
+            if let ThreadState::Off { .. } = t.state {
+                t.missed_switch_in(last, e.ts, e.cpu);
+            }
+            if let ThreadState::Running { since, .. } = t.state {
+                t.stats.on_cpu_ns += e.ts.saturating_sub(since);
+            }
+            let still_runnable = s.preempt || s.prev_state == task_state::RUNNING;
+            if still_runnable {
+                t.stats.involuntary_switches += 1;
+                if s.next_tid != 0 {
+                    *t.stats.preempted_by.entry(s.next_tid).or_default() += 1;
+                }
+            } else {
+                t.stats.voluntary_switches += 1;
+            }
+            t.state = if still_runnable {
+                ThreadState::Off { since: e.ts, why: OffCpu::Preempted }
+            } else if s.prev_state & (task_state::DEAD | task_state::EXIT_DEAD | task_state::EXIT_ZOMBIE) != 0
+            {
+                ThreadState::Dead
+            } else if t.in_epoll {
+                ThreadState::Off { since: e.ts, why: OffCpu::Epoll }
+            } else if s.prev_state & (task_state::INTERRUPTIBLE | task_state::NOLOAD) != 0 {
+                ThreadState::Off { since: e.ts, why: OffCpu::Sleeping }
+            } else {
+                ThreadState::Off { since: e.ts, why: OffCpu::Blocked }
+            };
+        }
+        if self.in_scope(s.next_tid, s.next_pid) {
+            let t = self.thread(s.next_tid, s.next_pid, e.ts);
+            if let ThreadState::Off { since, why } = t.state {
+                let ns = e.ts.saturating_sub(since);
+                t.stats.add_off(why, ns);
+                if matches!(why, OffCpu::Woken | OffCpu::Preempted) {
+                    t.stats.latencies_ns.push(ns);
+                    if why == OffCpu::Woken {
+                        t.stats.latencies_from_wakeup += 1;
+                    }
+                }
+            }
+            t.state = ThreadState::Running { since: e.ts, cpu: e.cpu };
+        }
+    }
+
+    /// Closes every thread's last state at `end` and returns the totals.
+    pub fn finish(self, end: u64) -> Vec<ThreadStats> {
+        let mut out: Vec<ThreadStats> = self
+            .threads
+            .into_values()
+            .map(|mut t| {
+                match t.state {
+                    ThreadState::Running { since, .. } => t.stats.on_cpu_ns += end.saturating_sub(since),
+                    ThreadState::Off { since, why } => t.stats.add_off(why, end.saturating_sub(since)),
+                    ThreadState::Unknown | ThreadState::Dead => {}
+                }
+                t.stats
+            })
+            .collect();
+        out.sort_by_key(|t| t.tid);
+        out
+    }
+}

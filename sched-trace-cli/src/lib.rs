@@ -1,0 +1,13 @@
+//! sched-trace: where the time of an M:N runtime goes between its scheduler and the kernel's.
+//!
+//! One module per pipeline stage:
+//! - [`record`]: the only part that talks to the kernel (load probes, drain, write the trace);
+//! - [`trace`]: the trace file format, its writer and its reader;
+//! - [`correlate`]: per-thread (and per-task) timelines rebuilt from a trace;
+//! - [`report`]: numbers per thread and process, as text or JSON.
+
+pub mod correlate;
+pub mod record;
+pub mod report;
+pub mod trace;
+pub mod units;

@@ -1,0 +1,266 @@
+//! The `sched-trace` binary: a thin command line over the library.
+
+use std::{
+    ffi::OsString,
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sched_trace::{
+    correlate,
+    record::{self, RecordOptions},
+    report::{self, Report},
+    trace::TraceReader,
+    units,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "sched-trace",
+    version,
+    about = "Where the time of a goroutine-style program goes: its runtime's scheduler vs. the kernel's CFS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Record scheduler events into a trace file (needs root or CAP_BPF+CAP_PERFMON).
+    ///
+    /// System-wide when no PID and no command is given. With a command, start it, trace it and
+    /// all its descendants, stop when it exits and pass its exit code through.
+    Record {
+        /// Trace this process (and its threads); repeat for several.
+        #[arg(short, long = "pid", value_name = "PID")]
+        pids: Vec<u32>,
+        /// Trace file to write.
+        #[arg(short, long, default_value = "sched-trace.trace")]
+        output: PathBuf,
+        /// Stop after this long (e.g. 10s, 500ms, 2m).
+        #[arg(short, long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Kernel ring buffer size in bytes (a power of two, e.g. 33554432 or 32MiB).
+        #[arg(long, value_parser = parse_size, default_value = "32MiB")]
+        ring_buffer_size: u32,
+        /// Do not draw the live status line.
+        #[arg(long)]
+        quiet: bool,
+        /// The command to start and trace.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Per-thread and per-process scheduling statistics of a trace.
+    Report {
+        /// The trace file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Rows per table in the text report.
+        #[arg(long, default_value_t = 30)]
+        limit: usize,
+    },
+    /// Record a demo workload and write its trace and report into a directory.
+    Demo {
+        /// Directory for the trace and the report.
+        #[arg(short, long, default_value = "demo-out")]
+        output: PathBuf,
+        /// Workload: `threads` (sleeps, epoll waits, a ping-pong and CPU hogs on threads).
+        #[arg(long, default_value = "threads")]
+        workload: String,
+    },
+    /// Print a trace's events, one per line, in timestamp order.
+    Dump {
+        /// The trace file.
+        file: PathBuf,
+        /// Only events that involve this thread.
+        #[arg(long)]
+        tid: Option<u32>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Record { pids, output, duration, ring_buffer_size, quiet, command } => {
+            if !pids.is_empty() && !command.is_empty() {
+                eprintln!("error: give either --pid or a command, not both");
+                return ExitCode::from(2);
+            }
+            let opts = RecordOptions {
+                output,
+                pids,
+                command,
+                duration,
+                ring_buffer_bytes: ring_buffer_size,
+                status_line: !quiet,
+                command_line: std::env::args().collect(),
+            };
+            run_record(opts)
+        }
+        Command::Report { file, json, limit } => run_report(&file, json, limit).map(|()| 0),
+        Command::Dump { file, tid } => run_dump(&file, tid).map(|()| 0),
+        Command::Demo { output, workload } => run_demo(&output, &workload),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_record(opts: RecordOptions) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let output = opts.output.clone();
+    let summary = runtime
+        .block_on(record::record(opts))
+        .with_context(|| format!("recording to {}", output.display()))?;
+    eprintln!(
+        "sched-trace: {} events in {:.2} s written to {} ({})",
+        units::count(summary.events),
+        summary.elapsed.as_secs_f64(),
+        summary.output.display(),
+        units::bytes(summary.bytes)
+    );
+    let lost = summary.drops.lost_records();
+    if lost == 0 {
+        eprintln!("sched-trace: lost 0 events");
+    } else {
+        let kinds: Vec<String> =
+            summary.drops.lost_by_kind().iter().map(|(k, n)| format!("{k} {}", units::count(*n))).collect();
+        eprintln!(
+            "sched-trace: LOST {} events ({}); try a larger --ring-buffer-size",
+            units::count(lost),
+            kinds.join(", ")
+        );
+    }
+    if summary.drops.filter_table_full() > 0 {
+        eprintln!(
+            "sched-trace: {} child processes were not followed (kernel filter table full)",
+            units::count(summary.drops.filter_table_full())
+        );
+    }
+    eprintln!("sched-trace: stopped because {}", summary.stop);
+    Ok(summary.exit_code())
+}
+
+fn load_report(file: &Path) -> Result<Report> {
+    let reader = TraceReader::open(file).with_context(|| format!("reading trace {}", file.display()))?;
+    let correlation =
+        correlate::correlate(reader).with_context(|| format!("reading trace {}", file.display()))?;
+    Ok(Report::build(file, &correlation))
+}
+
+fn run_report(file: &Path, json: bool, limit: usize) -> Result<()> {
+    let report = load_report(file)?;
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        out.write_all(report::text::render(&report, limit).as_bytes())
+    };
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()), // e.g. piped into head
+        other => other.context("writing the report"),
+    }
+}
+
+/// Records a workload and writes `demo.trace`, `report.txt` and `report.json` into `dir`.
+fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
+    let command: Vec<OsString> = match workload {
+        "threads" => {
+            let exe = std::env::current_exe().context("locating the sched-trace binary")?;
+            let testload = exe.with_file_name("sched-trace-testload");
+            anyhow::ensure!(
+                testload.exists(),
+                "the demo workload {} is missing (build it with `cargo build --bins`)",
+                testload.display()
+            );
+            vec![testload.into(), "--ground-truth".into(), dir.join("ground-truth.jsonl").into()]
+        }
+        other => anyhow::bail!("unknown workload `{other}` (available: threads)"),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let trace = dir.join("demo.trace");
+    let code = run_record(RecordOptions {
+        output: trace.clone(),
+        pids: Vec::new(),
+        command,
+        duration: None,
+        ring_buffer_bytes: RecordOptions::DEFAULT_RING_BUFFER_BYTES,
+        status_line: true,
+        command_line: std::env::args().collect(),
+    })?;
+    let report = load_report(&trace)?;
+    let text = report::text::render(&report, 30);
+    let txt = dir.join("report.txt");
+    std::fs::write(&txt, &text).with_context(|| format!("writing {}", txt.display()))?;
+    let json = dir.join("report.json");
+    let body = serde_json::to_vec_pretty(&report).context("encoding the report")?;
+    std::fs::write(&json, body).with_context(|| format!("writing {}", json.display()))?;
+    print!("{text}");
+    eprintln!("sched-trace demo: wrote {}, {} and {}", trace.display(), txt.display(), json.display());
+    Ok(code)
+}
+
+fn run_dump(file: &Path, tid: Option<u32>) -> Result<()> {
+    let mut reader = TraceReader::open(file).with_context(|| format!("reading trace {}", file.display()))?;
+    let start = reader.info().start_ns;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while let Some(e) = reader.next_event().with_context(|| format!("reading trace {}", file.display()))? {
+        if tid.is_some_and(|t| e.tid != t && !e.other_tids().any(|(o, _)| o == t)) {
+            continue;
+        }
+        let line = writeln!(
+            out,
+            "{:>14.6} cpu{:<3} {:>7}/{:<7} {:?}",
+            e.ts.saturating_sub(start) as f64 / 1e6,
+            e.cpu,
+            e.pid,
+            e.tid,
+            e.kind
+        );
+        if line.is_err() {
+            return Ok(()); // stdout closed (e.g. piped into head)
+        }
+    }
+    let tables = reader.tables();
+    if let Some(t) = &tables.truncation {
+        eprintln!(
+            "note: the trace ends in a partial chunk at byte {} ({} bytes discarded)",
+            t.offset, t.discarded_bytes
+        );
+    }
+    Ok(())
+}
+
+/// Parses `4096`, `64KiB`, `32MiB`, `1GiB` (also K, M, G, KB, MB, GB as powers of two).
+fn parse_size(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}`")),
+    };
+    let v = n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))?;
+    u32::try_from(v).map_err(|_| format!("`{s}` is too large (at most 2GiB)"))
+}

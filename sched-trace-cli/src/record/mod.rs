@@ -1,0 +1,619 @@
+//! `sched-trace record`: the only part that talks to the kernel.
+//!
+//! Load and attach the probes, drain the ring buffer with tokio (`AsyncFd` on its fd), and hand
+//! records to the sink thread that writes the trace file. Stop on the command's exit, when every
+//! traced PID is gone, after a duration, or on SIGINT/SIGTERM, and always leave a complete file.
+
+pub mod host;
+pub mod kernel_btf;
+pub mod privileges;
+pub mod probes;
+pub mod procfs;
+pub mod sink;
+pub mod target;
+pub mod tracefs;
+
+use std::{
+    ffi::OsString,
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use sched_trace_abi::ABI_VERSION;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::trace::{
+    DropCounters, EndInfo, TraceError, TraceInfo, TraceTarget, TraceWriter,
+    event::{Decoded, decode},
+};
+use probes::{EpollOffsets, KernelCounters, ProbeConfig, Probes};
+use sink::{SinkMsg, SinkStats};
+use target::{ExitStatus, LaunchedCommand, ProcessExit};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "sched-trace record needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its kernel \
+         probes, and this process lacks {}. Run it as root (sudo sched-trace record ...), or \
+         grant them: sudo setcap cap_bpf,cap_perfmon,cap_sys_admin+ep <path to sched-trace>",
+         .missing.join(" and ")
+    )]
+    MissingCapability { missing: Vec<&'static str> },
+    #[error("cannot check this process's capabilities: {0}")]
+    Capabilities(#[source] std::io::Error),
+    #[error("{what}")]
+    Tracefs {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Btf { what: String },
+    #[error("{what}")]
+    Probe {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("no process with PID {pid}")]
+    NoSuchProcess { pid: u32 },
+    #[error("cannot watch PID {pid}: {source}")]
+    Watch {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
+    RingBufferSize(u32),
+    #[error("draining the ring buffer: {0}")]
+    Drain(#[source] std::io::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error(
+        "writing the trace failed after {events} events; {path} holds everything up to the last whole chunk ({bytes} bytes)"
+    )]
+    Write {
+        path: PathBuf,
+        events: u64,
+        bytes: u64,
+        #[source]
+        source: TraceError,
+    },
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+/// What to record and where.
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    pub output: PathBuf,
+    /// Processes to trace; with no PID and no command, the whole system.
+    pub pids: Vec<u32>,
+    /// A command to start and trace with all its descendants.
+    pub command: Vec<OsString>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Kernel ring buffer size in bytes (a power of two).
+    pub ring_buffer_bytes: u32,
+    /// Draw a live status line on stderr (when it is a terminal).
+    pub status_line: bool,
+    /// The recorder's command line, stored in the trace.
+    pub command_line: Vec<String>,
+}
+
+impl RecordOptions {
+    pub const DEFAULT_RING_BUFFER_BYTES: u32 = 32 << 20;
+}
+
+/// Why a recording stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    CommandExited(ExitStatus),
+    PidsExited(Vec<u32>),
+    Duration(Duration),
+    Signal(i32),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::CommandExited(s) => write!(f, "the command exited ({s})"),
+            StopReason::PidsExited(p) => {
+                let p: Vec<String> = p.iter().map(u32::to_string).collect();
+                write!(f, "every traced process exited (PID {})", p.join(", "))
+            }
+            StopReason::Duration(d) => write!(f, "the duration of {:.3} s elapsed", d.as_secs_f64()),
+            StopReason::Signal(s) => write!(f, "{} received", signal_name(*s)),
+        }
+    }
+}
+
+fn signal_name(s: i32) -> &'static str {
+    match s {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// The outcome of a recording.
+#[derive(Debug)]
+pub struct RecordSummary {
+    pub output: PathBuf,
+    pub events: u64,
+    pub bytes: u64,
+    pub drops: DropCounters,
+    pub elapsed: Duration,
+    pub stop: StopReason,
+    /// How the command ended, when one was recorded.
+    pub command_status: Option<ExitStatus>,
+}
+
+impl RecordSummary {
+    /// The exit code `sched-trace record` should end with: the command's, passed through, or
+    /// 128 + signal when a signal stopped the recording.
+    pub fn exit_code(&self) -> i32 {
+        match (&self.command_status, &self.stop) {
+            (Some(s), _) => s.shell_code(),
+            (None, StopReason::Signal(s)) => 128 + s,
+            _ => 0,
+        }
+    }
+}
+
+/// Records until a stop condition. Nothing stays attached when this returns, on any path.
+pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
+    let missing = privileges::missing_capabilities().map_err(RecordError::Capabilities)?;
+    if !missing.is_empty() {
+        return Err(RecordError::MissingCapability { missing });
+    }
+    let rb = opts.ring_buffer_bytes;
+    if !rb.is_power_of_two() || rb < 4096 {
+        return Err(RecordError::RingBufferSize(rb));
+    }
+    for &pid in &opts.pids {
+        if !target::process_exists(pid) {
+            return Err(RecordError::NoSuchProcess { pid });
+        }
+    }
+
+    // What the running kernel looks like.
+    let tracefs_root = tracefs::ensure_mounted()?;
+    let btf = kernel_btf::KernelBtf::load()?;
+    for (tp, params) in probes::RAW_TRACEPOINT_PROTOTYPES {
+        btf.check_tracepoint(tp, params)?;
+    }
+    let task = btf.task_offsets()?;
+    drop(btf);
+    let epoll = epoll_offsets(&tracefs_root)?;
+
+    // Targets. A command is forked now and held before exec until the probes are attached.
+    let mut command =
+        if opts.command.is_empty() { None } else { Some(LaunchedCommand::spawn(&opts.command)?) };
+    let mut watched = Vec::new();
+    for &pid in &opts.pids {
+        watched.push((pid, ProcessExit::watch(pid).map_err(|source| RecordError::Watch { pid, source })?));
+    }
+    let target = match &command {
+        Some(c) => TraceTarget::Command { argv: c.argv().to_vec(), pid: c.pid() },
+        None if !opts.pids.is_empty() => TraceTarget::Pids { pids: opts.pids.clone() },
+        None => TraceTarget::SystemWide,
+    };
+
+    let config = ProbeConfig {
+        filter_pids: !matches!(target, TraceTarget::SystemWide),
+        follow_children: command.is_some(),
+        self_pid: std::process::id(),
+        ring_buffer_bytes: rb,
+        filter_table_entries: 16384,
+        task,
+        epoll,
+    };
+    let mut probes = Probes::load(&config)?;
+    let filter_pids: Vec<u32> = command.as_ref().map(|c| vec![c.pid()]).unwrap_or_else(|| opts.pids.clone());
+    for &pid in &filter_pids {
+        probes.trace_pid(pid)?;
+    }
+    let ring = probes.take_events()?;
+    let counters = probes.take_counters()?;
+    probes.attach_all()?;
+
+    let (hostname, kernel_release) = host::uname();
+    let (possible_cpus, online_cpus) = host::cpus();
+    let (realtime_offset_ns, realtime_offset_error_ns) = host::realtime_offset();
+    let start_ns = host::monotonic_ns();
+    let info = TraceInfo {
+        abi_version: ABI_VERSION,
+        recorder: format!("sched-trace {}", env!("CARGO_PKG_VERSION")),
+        hostname,
+        kernel_release,
+        possible_cpus,
+        online_cpus,
+        clock: "CLOCK_MONOTONIC".into(),
+        realtime_offset_ns,
+        realtime_offset_error_ns,
+        start_ns,
+        command_line: opts.command_line.clone(),
+        target,
+        ring_buffer_bytes: rb as u64,
+        probes: probes.attached().to_vec(),
+        task_fields: task.available(),
+    };
+    let writer = TraceWriter::create(&opts.output, &info)?;
+
+    let initial_tasks = match &info.target {
+        TraceTarget::SystemWide => procfs::scan_all(start_ns),
+        _ => filter_pids.iter().flat_map(|&p| procfs::scan_process(p, start_ns)).collect(),
+    };
+    let stats = Arc::new(SinkStats::default());
+    let (tx, rx) = mpsc::channel::<SinkMsg>(64);
+    let sink = {
+        let stats = stats.clone();
+        std::thread::Builder::new()
+            .name("sched-trace-sink".into())
+            .spawn(move || sink::run(writer, rx, stats))
+            .map_err(|e| RecordError::Trace(TraceError::io(&opts.output, e)))?
+    };
+    // The channel is empty: this cannot fail for lack of room, only if the sink already died.
+    let _ = tx.try_send(SinkMsg::Tasks(initial_tasks));
+
+    if let Some(c) = command.as_mut() {
+        c.release()?;
+    }
+    let started = Instant::now();
+    let mut session = Session {
+        // SAFETY: the ring buffer owns its fd, which stays open and unchanged while the
+        // AsyncFd owns the ring buffer.
+        ring: unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| RecordError::Drain(e.into()))?,
+        counters,
+        received: [0; DropCounters::SLOTS],
+        tx,
+        batch: Vec::with_capacity(BATCH_BYTES * 2),
+        malformed: 0,
+        status: StatusLine::new(opts.status_line && std::io::stderr().is_terminal()),
+        stats: stats.clone(),
+        started,
+    };
+    let run = session.run(&opts, &mut probes, command.as_mut(), &mut watched).await;
+
+    // Detach first, then take what the kernel still holds.
+    drop(probes);
+    let final_drain = session.drain_now();
+    let final_drops = session.losses(true);
+    let _ = session.flush().await;
+    if let Ok(d) = &final_drops {
+        let _ = session.tx.send(SinkMsg::Drops(d.clone())).await;
+    }
+    session.status.clear();
+    drop(session.tx);
+    let sink_result =
+        sink.join().unwrap_or_else(|_| Err(TraceError::Encode("the trace writer thread panicked".into())));
+
+    let (stop, command_status) = run?;
+    final_drain?;
+    let drops = final_drops?;
+    let out = sink_result.map_err(|source| RecordError::Write {
+        path: opts.output.clone(),
+        events: stats.events.load(Ordering::Relaxed),
+        bytes: stats.bytes.load(Ordering::Relaxed),
+        source,
+    })?;
+    let end = EndInfo { end_ns: host::monotonic_ns(), events: out.events, stop_reason: stop.to_string() };
+    let events = out.events;
+    let bytes = out.writer.finish(&end).map_err(|source| RecordError::Write {
+        path: opts.output.clone(),
+        events,
+        bytes: stats.bytes.load(Ordering::Relaxed),
+        source,
+    })?;
+    Ok(RecordSummary {
+        output: opts.output.clone(),
+        events,
+        bytes,
+        drops,
+        elapsed: started.elapsed(),
+        stop,
+        command_status,
+    })
+}
+
+/// Field offsets of the epoll syscall tracepoints; the three wait calls must agree.
+fn epoll_offsets(root: &std::path::Path) -> Result<EpollOffsets, RecordError> {
+    let mut found: Option<EpollOffsets> = None;
+    for call in ["epoll_wait", "epoll_pwait", "epoll_pwait2"] {
+        let enter = format!("sys_enter_{call}");
+        let exit = format!("sys_exit_{call}");
+        let o = EpollOffsets {
+            epfd: tracefs::field_offset(root, "syscalls", &enter, "epfd")?,
+            maxevents: tracefs::field_offset(root, "syscalls", &enter, "maxevents")?,
+            timeout: tracefs::field_offset(root, "syscalls", &enter, "timeout")?,
+            ret: tracefs::field_offset(root, "syscalls", &exit, "ret")?,
+        };
+        match found {
+            None => found = Some(o),
+            Some(f) if f == o => {}
+            Some(f) => {
+                return Err(RecordError::Tracefs {
+                    what: format!("the epoll tracepoints disagree on their layout ({f:?} vs {call}: {o:?})"),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                });
+            }
+        }
+    }
+    found.ok_or_else(|| RecordError::Tracefs {
+        what: "no epoll tracepoints".into(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+/// Records are handed to the sink in batches of about this size...
+const BATCH_BYTES: usize = 256 << 10;
+/// ...or at least this often.
+const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// After the command exits, keep draining this long so its last switches are in the trace.
+const EXIT_GRACE: Duration = Duration::from_millis(50);
+/// After forwarding a signal to the command, wait this long for it to exit.
+const SIGNAL_GRACE: Duration = Duration::from_secs(3);
+
+struct Session {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: KernelCounters,
+    /// Records drained, per kind.
+    received: [u64; DropCounters::SLOTS],
+    tx: mpsc::Sender<SinkMsg>,
+    batch: Vec<u8>,
+    malformed: u64,
+    status: StatusLine,
+    stats: Arc<SinkStats>,
+    started: Instant,
+}
+
+impl Session {
+    /// Drains until a stop condition; returns why it stopped and the command's status.
+    async fn run(
+        &mut self,
+        opts: &RecordOptions,
+        probes: &mut Probes,
+        mut command: Option<&mut LaunchedCommand>,
+        watched: &mut Vec<(u32, ProcessExit)>,
+    ) -> Result<(StopReason, Option<ExitStatus>), RecordError> {
+        let mut sigint = signal(SignalKind::interrupt()).map_err(RecordError::Signals)?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(RecordError::Signals)?;
+        let mut tick = tokio::time::interval(BATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = Instant::now();
+        let deadline = opts.duration.map(|d| self.started + d);
+        let mut exited_pids = Vec::new();
+        let all_pids: Vec<u32> = watched.iter().map(|(p, _)| *p).collect();
+        // Set once a stop condition is met; draining continues until `stop_at`.
+        let mut stopping: Option<(StopReason, Instant)> = None;
+        let mut command_status: Option<ExitStatus> = None;
+
+        loop {
+            if let Some((_, at)) = &stopping
+                && Instant::now() >= *at
+            {
+                break;
+            }
+            let stop_at = stopping.as_ref().map(|(_, at)| *at);
+            let waiting_for_command = command.is_some() && command_status.is_none();
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.map_err(RecordError::Drain)?;
+                    drain(guard.get_inner_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+                    guard.clear_ready();
+                    if self.batch.len() >= BATCH_BYTES {
+                        self.flush().await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.flush().await?;
+                    if last_status.elapsed() >= Duration::from_secs(1) {
+                        last_status = Instant::now();
+                        if let Ok(d) = self.losses(false) {
+                            let received = self.received.iter().sum();
+                            self.status.update(self.started.elapsed(), received, d.lost_records(), self.stats.bytes.load(Ordering::Relaxed));
+                            self.send(SinkMsg::Drops(d)).await?;
+                        }
+                    }
+                }
+                status = wait_command(command.as_deref_mut()), if waiting_for_command => {
+                    let status = status?;
+                    command_status = Some(status);
+                    if stopping.is_none() {
+                        stopping = Some((StopReason::CommandExited(status), Instant::now() + EXIT_GRACE));
+                    } else if let Some((_, at)) = stopping.as_mut() {
+                        *at = (*at).min(Instant::now() + EXIT_GRACE);
+                    }
+                }
+                i = first_exit(watched), if !watched.is_empty() => {
+                    let (pid, _) = watched.remove(i);
+                    probes.untrace_pid(pid);
+                    exited_pids.push(pid);
+                    if watched.is_empty() && stopping.is_none() {
+                        stopping = Some((StopReason::PidsExited(all_pids.clone()), Instant::now() + EXIT_GRACE));
+                    }
+                }
+                _ = sleep_until_opt(deadline), if stopping.is_none() => {
+                    let d = opts.duration.unwrap_or_default();
+                    stopping = Some((StopReason::Duration(d), Instant::now()));
+                }
+                _ = sigint.recv() => {
+                    self.on_signal(libc::SIGINT, &mut stopping, command.as_deref(), command_status.is_some());
+                }
+                _ = sigterm.recv() => {
+                    self.on_signal(libc::SIGTERM, &mut stopping, command.as_deref(), command_status.is_some());
+                }
+                _ = sleep_until_opt(stop_at) => {}
+            }
+        }
+        let stop = stopping.map(|(r, _)| r).unwrap_or(StopReason::Signal(libc::SIGTERM));
+        // The duration ran out (or a signal stopped us) before the command exited: the command
+        // keeps running untraced, and its exit code is still passed through.
+        if command_status.is_none()
+            && let Some(c) = command
+        {
+            self.status.clear();
+            eprintln!("sched-trace: recording stopped; waiting for the command (PID {}) to exit", c.pid());
+            command_status = Some(c.wait().await?);
+        }
+        Ok((stop, command_status))
+    }
+
+    fn on_signal(
+        &mut self,
+        sig: i32,
+        stopping: &mut Option<(StopReason, Instant)>,
+        command: Option<&LaunchedCommand>,
+        command_done: bool,
+    ) {
+        match (stopping.as_mut(), command) {
+            // First signal with a live command: pass it on and give the command time to exit,
+            // so its last moments are recorded.
+            (None, Some(c)) if !command_done => {
+                c.signal(sig);
+                *stopping = Some((StopReason::Signal(sig), Instant::now() + SIGNAL_GRACE));
+            }
+            (None, _) => *stopping = Some((StopReason::Signal(sig), Instant::now())),
+            // A second signal: stop now.
+            (Some((_, at)), _) => *at = Instant::now(),
+        }
+    }
+
+    /// What was lost so far. `final_count`: the probes are detached and the ring buffer drained,
+    /// so every submitted record must have been received.
+    fn losses(&self, final_count: bool) -> Result<DropCounters, RecordError> {
+        let mut unreceived = 0;
+        if final_count {
+            let submitted = self.counters.submitted()?;
+            for (s, r) in submitted.iter().zip(&self.received) {
+                unreceived += s.saturating_sub(*r);
+            }
+        }
+        Ok(DropCounters { per_cpu: self.counters.drops()?, malformed: self.malformed, unreceived })
+    }
+
+    /// Drains whatever the ring buffer holds right now (after the probes are detached).
+    fn drain_now(&mut self) -> Result<(), RecordError> {
+        drain(self.ring.get_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), RecordError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES * 2));
+        self.send(SinkMsg::Records(batch)).await
+    }
+
+    async fn send(&mut self, msg: SinkMsg) -> Result<(), RecordError> {
+        // The sink only hangs up when writing failed; its error is reported by `record`.
+        if self.tx.send(msg).await.is_err() {
+            return Err(RecordError::Drain(std::io::Error::other("the trace writer stopped")));
+        }
+        Ok(())
+    }
+}
+
+/// Moves every available record into `batch`, checking each is one whole record.
+fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<u8>, received: &mut [u64], malformed: &mut u64) {
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Ok(Decoded::Event(_, size) | Decoded::Unknown { size, .. }) if size == item.len() => {
+                batch.extend_from_slice(&item);
+                if let Some(r) =
+                    received.get_mut(item[std::mem::offset_of!(sched_trace_abi::RecordHeader, kind)] as usize)
+                {
+                    *r += 1;
+                }
+            }
+            _ => *malformed += 1,
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_command(command: Option<&mut LaunchedCommand>) -> Result<ExitStatus, RecordError> {
+    match command {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the index of the first watched process to exit.
+async fn first_exit(watched: &[(u32, ProcessExit)]) -> usize {
+    let mut waits: Vec<_> = watched.iter().map(|(_, w)| Box::pin(w.exited())).collect();
+    std::future::poll_fn(move |cx| {
+        for (i, f) in waits.iter_mut().enumerate() {
+            if f.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// The live status line on stderr.
+struct StatusLine {
+    enabled: bool,
+    drawn: bool,
+    last_events: u64,
+    last_at: Duration,
+}
+
+impl StatusLine {
+    fn new(enabled: bool) -> Self {
+        StatusLine { enabled, drawn: false, last_events: 0, last_at: Duration::ZERO }
+    }
+
+    fn update(&mut self, elapsed: Duration, events: u64, lost: u64, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        let dt = (elapsed - self.last_at).as_secs_f64().max(1e-3);
+        let rate = (events - self.last_events) as f64 / dt;
+        self.last_events = events;
+        self.last_at = elapsed;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2Krecording {:>7.1} s  {} events ({}/s)  lost {}  {}",
+            elapsed.as_secs_f64(),
+            crate::units::count(events),
+            crate::units::count(rate as u64),
+            crate::units::count(lost),
+            crate::units::bytes(bytes),
+        );
+        let _ = err.flush();
+        self.drawn = true;
+    }
+
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[2K");
+            self.drawn = false;
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Loading and attaching the kernel programs (aya).
+//!
+//! Every failure names the program and attach point involved and keeps the kernel's verifier log
+//! (aya's `ProgramError::LoadError` carries it). Links live in the [`Probes`] value: dropping it
+//! detaches everything, on every exit path.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, RawTracePoint, TracePoint},
+};
+use sched_trace_abi::names;
+
+use super::{RecordError, kernel_btf::TaskOffsets};
+use crate::trace::DropCounters;
+
+/// The kernel programs' object, built by `build.rs` from `ebpf-probes/kernel`.
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SCHED_TRACE_PROBES_OBJ"));
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug)]
+enum AttachPoint {
+    /// A raw tracepoint: arguments are the tracepoint's prototype.
+    Raw(&'static str),
+    /// A tracefs tracepoint `category/name`.
+    Tracefs(&'static str, &'static str),
+}
+
+/// Every program in the object and where it attaches. Process lifecycle first, so that children
+/// are followed from the first moment.
+const PROGRAMS: &[(&str, AttachPoint)] = &[
+    ("sched_process_fork", AttachPoint::Raw("sched_process_fork")),
+    ("sched_process_exec", AttachPoint::Raw("sched_process_exec")),
+    ("sched_process_exit", AttachPoint::Raw("sched_process_exit")),
+    ("task_rename", AttachPoint::Raw("task_rename")),
+    ("sched_switch", AttachPoint::Raw("sched_switch")),
+    ("sched_waking", AttachPoint::Raw("sched_waking")),
+    ("sched_wakeup", AttachPoint::Raw("sched_wakeup")),
+    ("sched_wakeup_new", AttachPoint::Raw("sched_wakeup_new")),
+    ("sched_migrate_task", AttachPoint::Raw("sched_migrate_task")),
+    ("sys_enter_epoll_wait", AttachPoint::Tracefs("syscalls", "sys_enter_epoll_wait")),
+    ("sys_enter_epoll_pwait", AttachPoint::Tracefs("syscalls", "sys_enter_epoll_pwait")),
+    ("sys_enter_epoll_pwait2", AttachPoint::Tracefs("syscalls", "sys_enter_epoll_pwait2")),
+    ("sys_exit_epoll_wait", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_wait")),
+    ("sys_exit_epoll_pwait", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_pwait")),
+    ("sys_exit_epoll_pwait2", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_pwait2")),
+];
+
+/// The raw tracepoint prototypes the programs read (after the context pointer).
+pub const RAW_TRACEPOINT_PROTOTYPES: &[(&str, &[&str])] = &[
+    ("sched_switch", &["bool", "struct task_struct *", "struct task_struct *", "unsigned int"]),
+    ("sched_waking", &["struct task_struct *"]),
+    ("sched_wakeup", &["struct task_struct *"]),
+    ("sched_wakeup_new", &["struct task_struct *"]),
+    ("sched_migrate_task", &["struct task_struct *", "int"]),
+    ("sched_process_fork", &["struct task_struct *", "struct task_struct *"]),
+    ("sched_process_exec", &["struct task_struct *", "pid_t"]),
+    ("sched_process_exit", &["struct task_struct *", "bool"]),
+    ("task_rename", &["struct task_struct *", "char *"]),
+];
+
+/// Field offsets of the epoll syscall tracepoints (identical for the three wait calls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpollOffsets {
+    pub epfd: u32,
+    pub maxevents: u32,
+    pub timeout: u32,
+    pub ret: u32,
+}
+
+/// Everything the programs are configured with before loading.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Trace only the processes added with [`Probes::trace_pid`].
+    pub filter_pids: bool,
+    /// Add child processes of traced processes to the filter.
+    pub follow_children: bool,
+    /// The recorder's own process, never traced.
+    pub self_pid: u32,
+    pub ring_buffer_bytes: u32,
+    pub filter_table_entries: u32,
+    pub task: TaskOffsets,
+    pub epoll: EpollOffsets,
+}
+
+/// Loaded (and, after [`Probes::attach_all`], attached) kernel programs.
+pub struct Probes {
+    bpf: Ebpf,
+    attached: Vec<String>,
+}
+
+impl Probes {
+    /// Loads the object with `config` written into its globals and map sizes. Nothing is
+    /// attached yet.
+    pub fn load(config: &ProbeConfig) -> Result<Self, RecordError> {
+        let none = u32::MAX;
+        let filter_pids = config.filter_pids as u8;
+        let follow = config.follow_children as u8;
+        let cpu = config.task.cpu.unwrap_or(none);
+        let vruntime = config.task.vruntime.unwrap_or(none);
+        let weight = config.task.weight.unwrap_or(none);
+        let bpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS_MAP, config.ring_buffer_bytes)
+            .map_max_entries(names::TRACED_PIDS_MAP, config.filter_table_entries)
+            .override_global("FILTER_PIDS", &filter_pids, true)
+            .override_global("FOLLOW_CHILDREN", &follow, true)
+            .override_global("SELF_PID", &config.self_pid, true)
+            .override_global("TASK_PID", &config.task.pid, true)
+            .override_global("TASK_TGID", &config.task.tgid, true)
+            .override_global("TASK_PRIO", &config.task.prio, true)
+            .override_global("TASK_COMM", &config.task.comm, true)
+            .override_global("TASK_CPU", &cpu, true)
+            .override_global("TASK_VRUNTIME", &vruntime, true)
+            .override_global("TASK_WEIGHT", &weight, true)
+            .override_global("EPOLL_EPFD", &config.epoll.epfd, true)
+            .override_global("EPOLL_MAXEVENTS", &config.epoll.maxevents, true)
+            .override_global("EPOLL_TIMEOUT", &config.epoll.timeout, true)
+            .override_global("EPOLL_RET", &config.epoll.ret, true)
+            .load(PROBES_OBJECT)
+            .map_err(|e| RecordError::Probe {
+                what: "loading the probes' object (maps and BTF)".into(),
+                source: Box::new(e),
+            })?;
+        let mut probes = Probes { bpf, attached: Vec::new() };
+        probes.load_programs()?;
+        Ok(probes)
+    }
+
+    fn load_programs(&mut self) -> Result<(), RecordError> {
+        for &(name, point) in PROGRAMS {
+            let program = self.bpf.program_mut(name).ok_or_else(|| RecordError::Probe {
+                what: format!("program {name} is missing from the probes' object"),
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
+            let result = match point {
+                AttachPoint::Raw(_) => <&mut RawTracePoint>::try_from(program).and_then(|p| p.load()),
+                AttachPoint::Tracefs(..) => <&mut TracePoint>::try_from(program).and_then(|p| p.load()),
+            };
+            result.map_err(|e| RecordError::Probe {
+                what: format!("the kernel rejected program {name}"),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Adds process `pid` to the kernel-side filter.
+    pub fn trace_pid(&mut self, pid: u32) -> Result<(), RecordError> {
+        let map =
+            self.bpf.map_mut(names::TRACED_PIDS_MAP).ok_or_else(|| missing_map(names::TRACED_PIDS_MAP))?;
+        let mut pids: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map).map_err(|e| map_error(names::TRACED_PIDS_MAP, e))?;
+        pids.insert(pid, 1, 0).map_err(|e| map_error(names::TRACED_PIDS_MAP, e))
+    }
+
+    /// Removes process `pid` from the kernel-side filter (after it exited).
+    pub fn untrace_pid(&mut self, pid: u32) {
+        if let Some(map) = self.bpf.map_mut(names::TRACED_PIDS_MAP)
+            && let Ok(mut pids) = BpfHashMap::<_, u32, u8>::try_from(map)
+        {
+            let _ = pids.remove(&pid);
+        }
+    }
+
+    /// Attaches every program. On error, what was attached stays attached until `self` is
+    /// dropped.
+    pub fn attach_all(&mut self) -> Result<(), RecordError> {
+        for &(name, point) in PROGRAMS {
+            let program = self.bpf.program_mut(name).ok_or_else(|| RecordError::Probe {
+                what: format!("program {name} is missing from the probes' object"),
+                source: Box::new(ProgramError::NotLoaded),
+            })?;
+            let (label, result) = match point {
+                AttachPoint::Raw(tp) => (
+                    format!("raw_tracepoint:{tp}"),
+                    <&mut RawTracePoint>::try_from(program).and_then(|p| p.attach(tp).map(drop)),
+                ),
+                AttachPoint::Tracefs(cat, tp) => (
+                    format!("tracepoint:{cat}:{tp}"),
+                    <&mut TracePoint>::try_from(program).and_then(|p| p.attach(cat, tp).map(drop)),
+                ),
+            };
+            result.map_err(|e| RecordError::Probe {
+                what: format!("attaching program {name} to {label}"),
+                source: Box::new(e),
+            })?;
+            self.attached.push(label);
+        }
+        Ok(())
+    }
+
+    /// The attach points in use, as `kind:name`.
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// Takes the ring buffer out (it outlives the programs, for the final drain).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, RecordError> {
+        let map = self.bpf.take_map(names::EVENTS_MAP).ok_or_else(|| missing_map(names::EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(|e| map_error(names::EVENTS_MAP, e))
+    }
+
+    /// Takes the kernel's counters out (they outlive the programs, for the final count).
+    pub fn take_counters(&mut self) -> Result<KernelCounters, RecordError> {
+        let mut take = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, RecordError> {
+            let map = self.bpf.take_map(name).ok_or_else(|| missing_map(name))?;
+            PerCpuArray::try_from(map).map_err(|e| map_error(name, e))
+        };
+        Ok(KernelCounters { drops: take(names::DROPS_MAP)?, submitted: take(names::SUBMITTED_MAP)? })
+    }
+}
+
+/// The kernel's per-CPU counters, per record kind: records that could not be reserved, and
+/// records submitted.
+pub struct KernelCounters {
+    drops: PerCpuArray<MapData, u64>,
+    submitted: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    /// Per CPU, per slot: the records that could not be reserved.
+    pub fn drops(&self) -> Result<Vec<Vec<u64>>, RecordError> {
+        read_per_cpu(&self.drops, names::DROPS_MAP)
+    }
+
+    /// Per slot, all CPUs together: the records submitted.
+    pub fn submitted(&self) -> Result<Vec<u64>, RecordError> {
+        let per_cpu = read_per_cpu(&self.submitted, names::SUBMITTED_MAP)?;
+        let mut total = vec![0u64; DropCounters::SLOTS];
+        for cpu in per_cpu {
+            for (t, v) in total.iter_mut().zip(cpu) {
+                *t += v;
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn read_per_cpu(array: &PerCpuArray<MapData, u64>, name: &str) -> Result<Vec<Vec<u64>>, RecordError> {
+    let mut per_cpu: Vec<Vec<u64>> = Vec::new();
+    for slot in 0..DropCounters::SLOTS as u32 {
+        let values = array.get(&slot, 0).map_err(|e| map_error(name, e))?;
+        for (cpu, v) in values.iter().enumerate() {
+            if per_cpu.len() <= cpu {
+                per_cpu.resize(cpu + 1, vec![0; DropCounters::SLOTS]);
+            }
+            per_cpu[cpu][slot as usize] = *v;
+        }
+    }
+    Ok(per_cpu)
+}
+
+fn missing_map(name: &str) -> RecordError {
+    RecordError::Probe {
+        what: format!("map {name} is missing from the probes' object"),
+        source: Box::new(ProgramError::NotLoaded),
+    }
+}
+
+fn map_error(name: &str, e: aya::maps::MapError) -> RecordError {
+    RecordError::Probe { what: format!("using map {name}"), source: Box::new(e) }
+}

@@ -1,0 +1,196 @@
+//! The recorder's writing side, on its own thread: puts records in timestamp order, names the
+//! threads they mention (task table), and writes chunks.
+//!
+//! Records from different CPUs can leave the ring buffer slightly out of timestamp order, so the
+//! sink holds back the newest [`HOLDBACK_NS`] of records and writes each chunk sorted. The file is
+//! then in order and readers stream it.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc::Receiver;
+
+use super::procfs;
+use crate::trace::{
+    Comm, DropCounters, EventKind, TaskEntry, TaskSource, TraceError, TraceWriter,
+    event::{Decoded, decode, peek_ts},
+};
+
+/// Records younger than this (relative to the newest seen) wait for the next chunk.
+pub const HOLDBACK_NS: u64 = 10_000_000;
+/// A chunk is written once this many bytes of records are ready...
+const CHUNK_BYTES: usize = 1 << 20;
+/// ...or this long after the previous one.
+const CHUNK_INTERVAL: Duration = Duration::from_millis(250);
+
+pub enum SinkMsg {
+    /// Whole, validated records.
+    Records(Vec<u8>),
+    /// Task-table entries from a /proc scan.
+    Tasks(Vec<TaskEntry>),
+    /// A snapshot of the drop counters.
+    Drops(DropCounters),
+}
+
+/// Progress, shared with the status line.
+#[derive(Default)]
+pub struct SinkStats {
+    pub events: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+pub struct SinkOutput {
+    pub writer: TraceWriter,
+    pub events: u64,
+}
+
+struct Sink {
+    writer: TraceWriter,
+    /// Records waiting to be written, back to back...
+    pending: Vec<u8>,
+    /// ...and their (timestamp, offset, size).
+    index: Vec<(u64, u32, u8)>,
+    newest: u64,
+    tasks: Vec<TaskEntry>,
+    known_tids: HashSet<u32>,
+    last_chunk: Instant,
+    last_drops: Option<DropCounters>,
+    events: u64,
+    stats: Arc<SinkStats>,
+}
+
+/// Runs the sink until the channel closes, then writes everything still held. The caller
+/// finishes the file.
+pub fn run(
+    writer: TraceWriter,
+    mut rx: Receiver<SinkMsg>,
+    stats: Arc<SinkStats>,
+) -> Result<SinkOutput, TraceError> {
+    let mut sink = Sink {
+        writer,
+        pending: Vec::with_capacity(2 * CHUNK_BYTES),
+        index: Vec::new(),
+        newest: 0,
+        tasks: Vec::new(),
+        known_tids: HashSet::new(),
+        last_chunk: Instant::now(),
+        last_drops: None,
+        events: 0,
+        stats,
+    };
+    sink.known_tids.insert(0); // the idle task, named by CPU, never looked up
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            SinkMsg::Records(buf) => {
+                sink.take_records(&buf);
+                if sink.pending.len() >= CHUNK_BYTES || sink.last_chunk.elapsed() >= CHUNK_INTERVAL {
+                    sink.flush(false)?;
+                }
+            }
+            SinkMsg::Tasks(t) => {
+                sink.known_tids.extend(t.iter().map(|e| e.tid));
+                sink.tasks.extend(t);
+            }
+            SinkMsg::Drops(d) => {
+                if sink.last_drops.as_ref() != Some(&d) {
+                    sink.writer.write_drops(&d)?;
+                    sink.last_drops = Some(d);
+                }
+            }
+        }
+    }
+    sink.flush(true)?;
+    Ok(SinkOutput { events: sink.events, writer: sink.writer })
+}
+
+impl Sink {
+    fn take_records(&mut self, buf: &[u8]) {
+        let mut rest = buf;
+        while let Ok(decoded) = decode(rest) {
+            let size = match decoded {
+                Decoded::Event(e, size) => {
+                    self.name_threads(&e);
+                    size
+                }
+                Decoded::Unknown { size, .. } => size,
+            };
+            let ts = peek_ts(rest).unwrap_or(0);
+            self.newest = self.newest.max(ts);
+            self.index.push((ts, self.pending.len() as u32, size as u8));
+            self.pending.extend_from_slice(&rest[..size]);
+            rest = &rest[size..];
+        }
+    }
+
+    /// Adds task-table entries for what `e` says about thread names.
+    fn name_threads(&mut self, e: &crate::trace::Event) {
+        let entry = |tid, pid, comm, source| TaskEntry { ts: e.ts, tid, pid, comm, source };
+        match e.kind {
+            EventKind::Fork { child_tid, child_pid, comm, .. } => {
+                self.known_tids.insert(child_tid);
+                self.tasks.push(entry(child_tid, child_pid, comm, TaskSource::Fork));
+            }
+            EventKind::Exec { comm, .. } => {
+                self.known_tids.insert(e.tid);
+                self.tasks.push(entry(e.tid, e.pid, comm, TaskSource::Exec));
+            }
+            EventKind::Rename { comm } => {
+                self.known_tids.insert(e.tid);
+                self.tasks.push(entry(e.tid, e.pid, comm, TaskSource::Rename));
+            }
+            _ => {}
+        }
+        for (tid, pid) in std::iter::once((e.tid, e.pid)).chain(e.other_tids()) {
+            if self.known_tids.insert(tid) {
+                let (pid, comm, source) = match procfs::lookup(tid) {
+                    Some((pid, comm)) => (pid, comm, TaskSource::Lookup),
+                    None => (pid, Comm::default(), TaskSource::Unknown),
+                };
+                self.tasks.push(entry(tid, pid, comm, source));
+            }
+        }
+    }
+
+    /// Writes the records that can no longer be overtaken (all of them if `all`).
+    fn flush(&mut self, all: bool) -> Result<(), TraceError> {
+        if !self.index.is_sorted_by_key(|r| r.0) {
+            self.index.sort_by_key(|r| r.0); // stable: ties keep ring-buffer order
+        }
+        let cut = if all {
+            self.index.len()
+        } else {
+            let horizon = self.newest.saturating_sub(HOLDBACK_NS);
+            self.index.partition_point(|r| r.0 <= horizon)
+        };
+        if !self.tasks.is_empty() {
+            self.writer.write_tasks(&self.tasks)?;
+            self.tasks.clear();
+        }
+        if cut > 0 {
+            let mut chunk = Vec::with_capacity(self.pending.len());
+            for &(_, off, size) in &self.index[..cut] {
+                chunk.extend_from_slice(&self.pending[off as usize..off as usize + size as usize]);
+            }
+            self.writer.write_events(&chunk)?;
+            self.events += cut as u64;
+            let mut kept = Vec::with_capacity(self.pending.capacity());
+            let mut kept_index = Vec::with_capacity(self.index.len() - cut);
+            for &(ts, off, size) in &self.index[cut..] {
+                kept_index.push((ts, kept.len() as u32, size));
+                kept.extend_from_slice(&self.pending[off as usize..off as usize + size as usize]);
+            }
+            self.pending = kept;
+            self.index = kept_index;
+        }
+        self.last_chunk = Instant::now();
+        self.stats.events.store(self.events, Ordering::Relaxed);
+        self.stats.bytes.store(self.writer.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,334 @@
+//! `sched-trace report`: the correlation's numbers, per thread and per process, as text or JSON.
+//! Lost events are part of every report, never hidden.
+
+pub mod text;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::{
+    correlate::{Correlation, ThreadStats},
+    trace::{TaskNames, TraceTarget},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub trace: TraceSummary,
+    pub lost: LostEvents,
+    /// Processes, by on-CPU time.
+    pub processes: Vec<ProcessReport>,
+    /// Threads, by on-CPU time.
+    pub threads: Vec<ThreadReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TraceSummary {
+    pub path: String,
+    pub recorder: String,
+    pub hostname: String,
+    pub kernel_release: String,
+    pub cpus: u32,
+    pub target: TraceTarget,
+    pub command_line: Vec<String>,
+    /// Wall-clock time of the first event (RFC 3339, UTC).
+    pub started_at: String,
+    pub duration_ns: u64,
+    pub events: u64,
+    pub closed_cleanly: bool,
+    pub stop_reason: Option<String>,
+    pub truncated: Option<TruncationReport>,
+    /// Events that arrived after later ones beyond the reader's reorder window.
+    pub late_events: u64,
+    /// Records and chunks of kinds this version does not know, skipped.
+    pub unknown_records: u64,
+    pub unknown_chunks: u64,
+    /// Switch-ins the kernel did not report (see `correlate::threads`), and the time around them
+    /// that could not be attributed to any state.
+    pub missed_switch_ins: u64,
+    pub unaccounted_ns: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TruncationReport {
+    pub offset: u64,
+    pub discarded_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LostEvents {
+    /// Records lost in the kernel (ring buffer full) or dropped by the recorder.
+    pub total: u64,
+    pub by_kind: BTreeMap<String, u64>,
+    /// Child processes that were not followed because the kernel's filter table was full.
+    pub filter_table_full: u64,
+    /// False when the trace holds no drop counters (cut off before the first snapshot): the
+    /// loss is then unknown, not zero.
+    pub counted: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub from_wakeup: u64,
+    pub from_preemption: u64,
+    pub avg_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    pub total_ns: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct OffCpuReport {
+    pub total_ns: u64,
+    /// Runnable, waiting for a CPU.
+    pub runqueue_ns: u64,
+    pub sleeping_ns: u64,
+    pub epoll_ns: u64,
+    /// Uninterruptible or otherwise blocked.
+    pub other_ns: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Switches {
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+/// Another thread and how often it did something to this one.
+#[derive(Debug, Serialize)]
+pub struct Peer {
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ThreadReport {
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub on_cpu_ns: u64,
+    pub off_cpu: OffCpuReport,
+    pub runqueue_latency: Latency,
+    pub switches: Switches,
+    pub migrations: u64,
+    /// Who woke it, most frequent first.
+    pub wakers: Vec<Peer>,
+    /// Who took its CPU when it was preempted, most frequent first.
+    pub preempted_by: Vec<Peer>,
+    pub exited: bool,
+    pub missed_switch_ins: u64,
+    /// Time not attributed to any state because a switch-in was missing.
+    pub unaccounted_ns: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub threads: u32,
+    pub on_cpu_ns: u64,
+    pub off_cpu: OffCpuReport,
+    pub runqueue_latency: Latency,
+    pub switches: Switches,
+    pub migrations: u64,
+    pub wakers: Vec<Peer>,
+}
+
+/// How many peers (wakers, preempters) a report lists per thread or process.
+const TOP_PEERS: usize = 5;
+
+impl Report {
+    pub fn build(path: &Path, c: &Correlation) -> Report {
+        let names = TaskNames::new(&c.tables.tasks);
+        let peers = |m: &HashMap<u32, u64>| top_peers(m, &names);
+
+        let mut threads: Vec<ThreadReport> = c
+            .threads
+            .iter()
+            .map(|t| {
+                let (comm, pid) = match names.last(t.tid) {
+                    Some((comm, pid)) if !comm.is_empty() => {
+                        (comm.to_string(), if t.pid == 0 { pid } else { t.pid })
+                    }
+                    _ => ("?".to_string(), t.pid),
+                };
+                ThreadReport {
+                    tid: t.tid,
+                    pid,
+                    comm,
+                    on_cpu_ns: t.on_cpu_ns,
+                    off_cpu: off_cpu(std::slice::from_ref(t)),
+                    runqueue_latency: latency(std::slice::from_ref(t)),
+                    switches: Switches {
+                        voluntary: t.voluntary_switches,
+                        involuntary: t.involuntary_switches,
+                    },
+                    migrations: t.migrations,
+                    wakers: peers(&t.wakers),
+                    preempted_by: peers(&t.preempted_by),
+                    exited: t.exited,
+                    missed_switch_ins: t.missed_switch_ins,
+                    unaccounted_ns: t.unaccounted_ns,
+                }
+            })
+            .collect();
+        threads.sort_by(|a, b| b.on_cpu_ns.cmp(&a.on_cpu_ns).then(a.tid.cmp(&b.tid)));
+
+        let mut by_pid: BTreeMap<u32, Vec<&ThreadStats>> = BTreeMap::new();
+        for t in &c.threads {
+            by_pid.entry(t.pid).or_default().push(t);
+        }
+        let mut processes: Vec<ProcessReport> = by_pid
+            .into_iter()
+            .map(|(pid, ts)| {
+                let owned: Vec<ThreadStats> = ts.iter().map(|t| (*t).clone()).collect();
+                let mut wakers: HashMap<u32, u64> = HashMap::new();
+                for t in &ts {
+                    for (w, n) in &t.wakers {
+                        *wakers.entry(*w).or_default() += n;
+                    }
+                }
+                let comm = names
+                    .last(pid)
+                    .filter(|(c, _)| !c.is_empty())
+                    .or_else(|| ts.iter().find_map(|t| names.last(t.tid)))
+                    .map(|(c, _)| c.to_string())
+                    .unwrap_or_else(|| "?".into());
+                ProcessReport {
+                    pid,
+                    comm,
+                    threads: ts.len() as u32,
+                    on_cpu_ns: ts.iter().map(|t| t.on_cpu_ns).sum(),
+                    off_cpu: off_cpu(&owned),
+                    runqueue_latency: latency(&owned),
+                    switches: Switches {
+                        voluntary: ts.iter().map(|t| t.voluntary_switches).sum(),
+                        involuntary: ts.iter().map(|t| t.involuntary_switches).sum(),
+                    },
+                    migrations: ts.iter().map(|t| t.migrations).sum(),
+                    wakers: peers(&wakers),
+                }
+            })
+            .collect();
+        processes.sort_by(|a, b| b.on_cpu_ns.cmp(&a.on_cpu_ns).then(a.pid.cmp(&b.pid)));
+
+        let drops = c.tables.drops.clone().unwrap_or_default();
+        let lost = LostEvents {
+            total: drops.lost_records(),
+            by_kind: drops.lost_by_kind().into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+            filter_table_full: drops.filter_table_full(),
+            counted: c.tables.drops.is_some(),
+        };
+        let info = &c.info;
+        let wall_ns = c.first_ts as i64 + info.realtime_offset_ns;
+        let started_at = if wall_ns > 0 {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(wall_ns as u64)).to_string()
+        } else {
+            String::new()
+        };
+        let trace = TraceSummary {
+            path: path.display().to_string(),
+            recorder: info.recorder.clone(),
+            hostname: info.hostname.clone(),
+            kernel_release: info.kernel_release.clone(),
+            cpus: info.online_cpus.len() as u32,
+            target: info.target.clone(),
+            command_line: info.command_line.clone(),
+            started_at,
+            duration_ns: c.last_ts.saturating_sub(c.first_ts),
+            events: c.tables.events,
+            closed_cleanly: c.tables.end.is_some(),
+            stop_reason: c.tables.end.as_ref().map(|e| e.stop_reason.clone()),
+            truncated: c
+                .tables
+                .truncation
+                .as_ref()
+                .map(|t| TruncationReport { offset: t.offset, discarded_bytes: t.discarded_bytes }),
+            late_events: c.tables.late_events,
+            unknown_records: c.tables.unknown_records,
+            unknown_chunks: c.tables.unknown_chunks,
+            missed_switch_ins: c.threads.iter().map(|t| t.missed_switch_ins).sum(),
+            unaccounted_ns: c.threads.iter().map(|t| t.unaccounted_ns).sum(),
+        };
+        Report { trace, lost, processes, threads }
+    }
+}
+
+fn off_cpu(ts: &[ThreadStats]) -> OffCpuReport {
+    let mut o = OffCpuReport::default();
+    for t in ts {
+        o.runqueue_ns += t.runqueue_ns;
+        o.sleeping_ns += t.sleeping_ns;
+        o.epoll_ns += t.epoll_ns;
+        o.other_ns += t.blocked_ns;
+    }
+    o.total_ns = o.runqueue_ns + o.sleeping_ns + o.epoll_ns + o.other_ns;
+    o
+}
+
+fn latency(ts: &[ThreadStats]) -> Latency {
+    let mut all: Vec<u64> = ts.iter().flat_map(|t| t.latencies_ns.iter().copied()).collect();
+    if all.is_empty() {
+        return Latency::default();
+    }
+    all.sort_unstable();
+    let count = all.len() as u64;
+    let total: u64 = all.iter().sum();
+    let from_wakeup: u64 = ts.iter().map(|t| t.latencies_from_wakeup).sum();
+    Latency {
+        count,
+        from_wakeup,
+        from_preemption: count - from_wakeup,
+        avg_ns: total / count,
+        p50_ns: percentile(&all, 50.0),
+        p99_ns: percentile(&all, 99.0),
+        max_ns: *all.last().unwrap_or(&0),
+        total_ns: total,
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn top_peers(m: &HashMap<u32, u64>, names: &TaskNames) -> Vec<Peer> {
+    let mut v: Vec<(u32, u64)> = m.iter().map(|(k, n)| (*k, *n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(TOP_PEERS);
+    v.into_iter()
+        .map(|(tid, count)| Peer {
+            tid,
+            pid: names.last(tid).map(|(_, p)| p).unwrap_or(0),
+            comm: names.display(tid),
+            count,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+}

@@ -1,0 +1,458 @@
+//! Decoding of the kernel's records (`sched-trace-abi`) into [`Event`]s.
+//!
+//! The same bytes travel through the ring buffer and into the trace file, so the recorder and
+//! every analysis decode with this one function. Field positions come from the ABI structs'
+//! `offset_of!`, never from numbers written here.
+
+use std::{fmt, mem::offset_of};
+
+use bytes::Buf;
+use sched_trace_abi::{
+    self as abi, COMM_LEN, RecordHeader, USER_TASK_ARGS, epoll_call, exit_flags, fork_flags, kind,
+    switch_flags,
+};
+use serde::{Serialize, Serializer};
+
+/// A thread name (`comm`) as the kernel stores it: up to 16 bytes, NUL-padded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm(pub [u8; COMM_LEN]);
+
+impl Comm {
+    pub fn new(name: &str) -> Self {
+        let mut c = [0u8; COMM_LEN];
+        let n = name.len().min(COMM_LEN - 1);
+        c[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Comm(c)
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.0[..end]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0[0] == 0
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Which epoll wait call an epoll event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpollCall {
+    Wait,
+    Pwait,
+    Pwait2,
+}
+
+/// A thread being woken: `sched_waking` / `sched_wakeup` / `sched_wakeup_new`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wake {
+    pub tid: u32,
+    pub pid: u32,
+    pub cpu: u32,
+    pub prio: i32,
+}
+
+/// One decoded record. `tid`/`pid` are the thread in whose context the probe fired (the outgoing
+/// thread for a switch, the waker for `Waking`, the renamed thread for `Rename`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Event {
+    pub ts: u64,
+    pub cpu: u16,
+    pub tid: u32,
+    pub pid: u32,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EventKind {
+    Switch(Switch),
+    Waking(Wake),
+    Wakeup(Wake),
+    WakeupNew(Wake),
+    Migrate { tid: u32, pid: u32, orig_cpu: u32, dest_cpu: u32 },
+    Fork { child_tid: u32, child_pid: u32, thread: bool, followed: bool, comm: Comm },
+    Exec { old_tid: u32, comm: Comm },
+    Exit { group_dead: bool },
+    Rename { comm: Comm },
+    EpollEnter { call: EpollCall, epfd: i32, maxevents: i32, timeout_ns: i64 },
+    EpollExit { call: EpollCall, ret: i64 },
+    UserTask { probe: u32, args: [u64; USER_TASK_ARGS] },
+    CpuSample { user_stack: i32, kernel_stack: i32, user_task: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Switch {
+    pub preempt: bool,
+    pub prev_state: u32,
+    pub prev_prio: i16,
+    pub next_tid: u32,
+    pub next_pid: u32,
+    pub next_prio: i16,
+    pub prev_vruntime: u64,
+    pub next_vruntime: u64,
+    pub prev_weight: u32,
+    pub next_weight: u32,
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record is cut off: {available} bytes left, header needs {needed}")]
+    Short { available: usize, needed: usize },
+    #[error("record of kind {kind} claims {claimed} bytes; this kind is {expected} bytes")]
+    BadSize { kind: u8, claimed: usize, expected: usize },
+    #[error("record of unknown kind {kind} claims an impossible size of {claimed} bytes")]
+    BadUnknownSize { kind: u8, claimed: usize },
+}
+
+/// Outcome of decoding the record at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decoded {
+    /// A record of a known kind, and its size.
+    Event(Event, usize),
+    /// A well-framed record of a kind this version does not know, skipped.
+    Unknown { kind: u8, size: usize },
+}
+
+const HEADER_LEN: usize = std::mem::size_of::<RecordHeader>();
+
+/// Reads the kind and size of the record at the start of `buf` (no validation beyond length).
+pub fn peek_kind_size(buf: &[u8]) -> Option<(u8, usize)> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    Some((buf[offset_of!(RecordHeader, kind)], buf[offset_of!(RecordHeader, size)] as usize))
+}
+
+/// Reads the timestamp of the record at the start of `buf`.
+pub fn peek_ts(buf: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = buf.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+/// Decodes the record at the start of `buf`.
+pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
+    let Some((k, size)) = peek_kind_size(buf) else {
+        return Err(DecodeError::Short { available: buf.len(), needed: HEADER_LEN });
+    };
+    let Some(expected) = abi::record_size(k) else {
+        if size < HEADER_LEN || size % 8 != 0 || size > buf.len() {
+            return Err(DecodeError::BadUnknownSize { kind: k, claimed: size });
+        }
+        return Ok(Decoded::Unknown { kind: k, size });
+    };
+    if size != expected {
+        return Err(DecodeError::BadSize { kind: k, claimed: size, expected });
+    }
+    if buf.len() < size {
+        return Err(DecodeError::Short { available: buf.len(), needed: size });
+    }
+    let mut b = &buf[..size];
+    let ts = b.get_u64_le();
+    b.advance(2); // kind, size
+    let cpu = b.get_u16_le();
+    let tid = b.get_u32_le();
+    let pid = b.get_u32_le();
+    let flags = b.get_u32_le();
+    debug_assert_eq!(size - b.remaining(), HEADER_LEN);
+    let kind = match k {
+        kind::SWITCH => EventKind::Switch(Switch {
+            preempt: flags & switch_flags::PREEMPT != 0,
+            next_tid: b.get_u32_le(),
+            next_pid: b.get_u32_le(),
+            prev_state: b.get_u32_le(),
+            prev_prio: b.get_i16_le(),
+            next_prio: b.get_i16_le(),
+            prev_vruntime: b.get_u64_le(),
+            next_vruntime: b.get_u64_le(),
+            prev_weight: b.get_u32_le(),
+            next_weight: b.get_u32_le(),
+        }),
+        kind::WAKING | kind::WAKEUP | kind::WAKEUP_NEW => {
+            let w =
+                Wake { tid: b.get_u32_le(), pid: b.get_u32_le(), cpu: b.get_u32_le(), prio: b.get_i32_le() };
+            match k {
+                kind::WAKING => EventKind::Waking(w),
+                kind::WAKEUP => EventKind::Wakeup(w),
+                _ => EventKind::WakeupNew(w),
+            }
+        }
+        kind::MIGRATE => EventKind::Migrate {
+            tid: b.get_u32_le(),
+            pid: b.get_u32_le(),
+            orig_cpu: b.get_u32_le(),
+            dest_cpu: b.get_u32_le(),
+        },
+        kind::FORK => EventKind::Fork {
+            child_tid: b.get_u32_le(),
+            child_pid: b.get_u32_le(),
+            thread: flags & fork_flags::THREAD != 0,
+            followed: flags & fork_flags::FOLLOWED != 0,
+            comm: get_comm(&mut b),
+        },
+        kind::EXEC => {
+            let old_tid = b.get_u32_le();
+            b.advance(4);
+            EventKind::Exec { old_tid, comm: get_comm(&mut b) }
+        }
+        kind::EXIT => EventKind::Exit { group_dead: flags & exit_flags::GROUP_DEAD != 0 },
+        kind::RENAME => EventKind::Rename { comm: get_comm(&mut b) },
+        kind::EPOLL_ENTER => EventKind::EpollEnter {
+            call: epoll_call_of(flags),
+            epfd: b.get_i32_le(),
+            maxevents: b.get_i32_le(),
+            timeout_ns: b.get_i64_le(),
+        },
+        kind::EPOLL_EXIT => EventKind::EpollExit { call: epoll_call_of(flags), ret: b.get_i64_le() },
+        kind::USER_TASK => {
+            let probe = b.get_u32_le();
+            b.advance(4);
+            let mut args = [0u64; USER_TASK_ARGS];
+            for a in &mut args {
+                *a = b.get_u64_le();
+            }
+            EventKind::UserTask { probe, args }
+        }
+        kind::CPU_SAMPLE => EventKind::CpuSample {
+            user_stack: b.get_i32_le(),
+            kernel_stack: b.get_i32_le(),
+            user_task: b.get_u64_le(),
+        },
+        // record_size() knows exactly the kinds matched above.
+        _ => return Ok(Decoded::Unknown { kind: k, size }),
+    };
+    Ok(Decoded::Event(Event { ts, cpu, tid, pid, kind }, size))
+}
+
+fn get_comm(b: &mut &[u8]) -> Comm {
+    let mut c = [0u8; COMM_LEN];
+    b.copy_to_slice(&mut c);
+    Comm(c)
+}
+
+fn epoll_call_of(flags: u32) -> EpollCall {
+    match flags {
+        epoll_call::EPOLL_PWAIT => EpollCall::Pwait,
+        epoll_call::EPOLL_PWAIT2 => EpollCall::Pwait2,
+        _ => EpollCall::Wait,
+    }
+}
+
+impl Event {
+    /// Threads this event names besides the current one (for task-table lookups).
+    pub fn other_tids(&self) -> impl Iterator<Item = (u32, u32)> {
+        let other = match self.kind {
+            EventKind::Switch(s) => Some((s.next_tid, s.next_pid)),
+            EventKind::Waking(w) | EventKind::Wakeup(w) | EventKind::WakeupNew(w) => Some((w.tid, w.pid)),
+            EventKind::Migrate { tid, pid, .. } => Some((tid, pid)),
+            EventKind::Fork { child_tid, child_pid, .. } => Some((child_tid, child_pid)),
+            _ => None,
+        };
+        other.into_iter()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod encode {
+    //! Builds ABI records for tests of the decoder and of everything downstream.
+    use super::*;
+    use sched_trace_abi::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: the ABI structs are repr(C) plain data with no padding holes that matter for
+        // tests (every byte is initialised by the struct literals below).
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    pub fn header(kind: u8, size: usize, ts: u64, cpu: u16, tid: u32, pid: u32, flags: u32) -> RecordHeader {
+        RecordHeader { ts_ns: ts, kind, size: size as u8, cpu, tid, pid, flags }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn switch(
+        ts: u64,
+        cpu: u16,
+        prev: (u32, u32),
+        next: (u32, u32),
+        prev_state: u32,
+        preempt: bool,
+    ) -> Vec<u8> {
+        let r = SwitchRecord {
+            header: header(
+                kind::SWITCH,
+                std::mem::size_of::<SwitchRecord>(),
+                ts,
+                cpu,
+                prev.0,
+                prev.1,
+                if preempt { switch_flags::PREEMPT } else { 0 },
+            ),
+            next_tid: next.0,
+            next_pid: next.1,
+            prev_state,
+            prev_prio: 120,
+            next_prio: 120,
+            prev_vruntime: 1000,
+            next_vruntime: 2000,
+            prev_weight: 1024,
+            next_weight: 1024,
+        };
+        bytes_of(&r)
+    }
+
+    pub fn wake(k: u8, ts: u64, cpu: u16, waker: (u32, u32), target: (u32, u32)) -> Vec<u8> {
+        let r = WakeRecord {
+            header: header(k, std::mem::size_of::<WakeRecord>(), ts, cpu, waker.0, waker.1, 0),
+            target_tid: target.0,
+            target_pid: target.1,
+            target_cpu: cpu as u32,
+            target_prio: 120,
+        };
+        bytes_of(&r)
+    }
+
+    pub fn migrate(ts: u64, cpu: u16, target: (u32, u32), from: u32, to: u32) -> Vec<u8> {
+        let r = MigrateRecord {
+            header: header(kind::MIGRATE, std::mem::size_of::<MigrateRecord>(), ts, cpu, 0, 0, 0),
+            target_tid: target.0,
+            target_pid: target.1,
+            orig_cpu: from,
+            dest_cpu: to,
+        };
+        bytes_of(&r)
+    }
+
+    pub fn fork(ts: u64, parent: (u32, u32), child: (u32, u32), comm: &str) -> Vec<u8> {
+        let flags = if parent.1 == child.1 { fork_flags::THREAD } else { 0 };
+        let r = ForkRecord {
+            header: header(kind::FORK, std::mem::size_of::<ForkRecord>(), ts, 0, parent.0, parent.1, flags),
+            child_tid: child.0,
+            child_pid: child.1,
+            child_comm: Comm::new(comm).0,
+        };
+        bytes_of(&r)
+    }
+
+    pub fn rename(ts: u64, task: (u32, u32), comm: &str) -> Vec<u8> {
+        let r = RenameRecord {
+            header: header(kind::RENAME, std::mem::size_of::<RenameRecord>(), ts, 0, task.0, task.1, 0),
+            comm: Comm::new(comm).0,
+        };
+        bytes_of(&r)
+    }
+
+    pub fn exit(ts: u64, task: (u32, u32), group_dead: bool) -> Vec<u8> {
+        let flags = if group_dead { exit_flags::GROUP_DEAD } else { 0 };
+        bytes_of(&ExitRecord {
+            header: header(kind::EXIT, std::mem::size_of::<ExitRecord>(), ts, 0, task.0, task.1, flags),
+        })
+    }
+
+    pub fn epoll_enter(ts: u64, task: (u32, u32), timeout_ns: i64) -> Vec<u8> {
+        bytes_of(&EpollEnterRecord {
+            header: header(
+                kind::EPOLL_ENTER,
+                std::mem::size_of::<EpollEnterRecord>(),
+                ts,
+                0,
+                task.0,
+                task.1,
+                epoll_call::EPOLL_WAIT,
+            ),
+            epfd: 3,
+            maxevents: 8,
+            timeout_ns,
+        })
+    }
+
+    pub fn epoll_exit(ts: u64, task: (u32, u32), ret: i64) -> Vec<u8> {
+        bytes_of(&EpollExitRecord {
+            header: header(
+                kind::EPOLL_EXIT,
+                std::mem::size_of::<EpollExitRecord>(),
+                ts,
+                0,
+                task.0,
+                task.1,
+                epoll_call::EPOLL_WAIT,
+            ),
+            ret,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_round_trips() {
+        let raw = encode::switch(42, 1, (10, 10), (11, 10), 1, false);
+        let Decoded::Event(e, size) = decode(&raw).unwrap() else { panic!("not an event") };
+        assert_eq!(size, 64);
+        assert_eq!((e.ts, e.cpu, e.tid, e.pid), (42, 1, 10, 10));
+        let EventKind::Switch(s) = e.kind else { panic!("not a switch") };
+        assert_eq!((s.next_tid, s.next_pid, s.prev_state, s.preempt), (11, 10, 1, false));
+        assert_eq!((s.prev_vruntime, s.next_vruntime, s.prev_weight), (1000, 2000, 1024));
+    }
+
+    #[test]
+    fn every_kind_decodes_from_its_own_size() {
+        for raw in [
+            encode::wake(kind::WAKING, 1, 0, (1, 1), (2, 2)),
+            encode::migrate(1, 0, (2, 2), 0, 1),
+            encode::fork(1, (1, 1), (2, 1), "worker"),
+            encode::rename(1, (2, 1), "renamed"),
+            encode::exit(1, (2, 1), true),
+            encode::epoll_enter(1, (2, 1), -1),
+            encode::epoll_exit(1, (2, 1), 3),
+        ] {
+            match decode(&raw).unwrap() {
+                Decoded::Event(_, size) => assert_eq!(size, raw.len()),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fork_carries_thread_flag_and_comm() {
+        let raw = encode::fork(5, (100, 100), (101, 100), "worker-1");
+        let Decoded::Event(e, _) = decode(&raw).unwrap() else { panic!() };
+        let EventKind::Fork { child_tid, thread, comm, .. } = e.kind else { panic!() };
+        assert_eq!((child_tid, thread, comm.to_string().as_str()), (101, true, "worker-1"));
+    }
+
+    #[test]
+    fn wrong_sizes_and_short_buffers_are_errors() {
+        let mut raw = encode::switch(1, 0, (1, 1), (2, 2), 0, true);
+        assert!(matches!(decode(&raw[..10]), Err(DecodeError::Short { .. })));
+        assert!(matches!(decode(&raw[..40]), Err(DecodeError::Short { .. })));
+        raw[9] = 40;
+        assert!(matches!(decode(&raw), Err(DecodeError::BadSize { .. })));
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped_by_their_size() {
+        let mut raw = encode::exit(1, (1, 1), false);
+        raw[8] = 200;
+        assert_eq!(decode(&raw).unwrap(), Decoded::Unknown { kind: 200, size: 24 });
+        raw[9] = 7;
+        assert!(decode(&raw).is_err());
+    }
+}

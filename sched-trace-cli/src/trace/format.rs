@@ -1,0 +1,162 @@
+//! The on-disk layout of a trace file, version 1.
+//!
+//! ```text
+//! file    = header chunk*
+//! header  = magic "SCHDTRCE" | version u16 | flags u16 | info_len u32 | info_crc u32 | info
+//!           info: the recording's facts (`TraceInfo`) as JSON, at most MAX_INFO_LEN bytes
+//! chunk   = magic "CHNK" | kind u8 | flags u8 | reserved u16 | stored_len u32 | raw_len u32
+//!           | crc u32 | payload (stored_len bytes; lz4 block if flags & COMPRESSED)
+//!           crc = CRC-32 of the stored payload
+//! ```
+//!
+//! All integers are little-endian. The recorder writes every chunk with one `write`, so a
+//! recording cut off by a crash or a full disk ends in at most one partial chunk, and everything
+//! before it is readable. An `END` chunk marks a recording that was closed cleanly.
+//!
+//! Chunk payloads:
+//! - `EVENTS`: ABI records (`sched-trace-abi`) back to back, in timestamp order across the file
+//!   (the recorder holds back and sorts; readers still tolerate small disorder).
+//! - `TASKS`: fixed 40-byte task-table entries (`TaskEntry`).
+//! - `DROPS`: a cumulative snapshot of the per-CPU lost-record counters; the last one counts.
+//! - `END`: the recording's closing facts (`EndInfo`) as JSON.
+//!
+//! Readers skip chunk kinds they do not know, so later versions can add tables (stacks,
+//! mappings, user-task probes) without breaking older readers.
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 8] = *b"SCHDTRCE";
+pub const FORMAT_VERSION: u16 = 1;
+pub const FILE_HEADER_LEN: usize = 20;
+pub const MAX_INFO_LEN: u32 = 1 << 20;
+
+pub const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
+pub const CHUNK_HEADER_LEN: usize = 20;
+/// Largest payload a chunk may claim, stored or decompressed. A reader refuses anything bigger
+/// before allocating.
+pub const MAX_CHUNK_LEN: u32 = 64 << 20;
+
+/// Chunk flag: the payload is an lz4 block.
+pub const CHUNK_COMPRESSED: u8 = 1;
+
+/// Kinds of chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChunkKind {
+    Events = 1,
+    Tasks = 2,
+    Drops = 3,
+    End = 15,
+}
+
+impl ChunkKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Events,
+            2 => Self::Tasks,
+            3 => Self::Drops,
+            15 => Self::End,
+            _ => return None,
+        })
+    }
+}
+
+/// Facts about a recording, written once at the start of the file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    /// Version of the event records (`sched_trace_abi::ABI_VERSION`).
+    pub abi_version: u16,
+    /// The program and version that wrote the file.
+    pub recorder: String,
+    pub hostname: String,
+    pub kernel_release: String,
+    /// Number of possible CPUs (the size of per-CPU tables).
+    pub possible_cpus: u32,
+    pub online_cpus: Vec<u32>,
+    /// The clock of every timestamp in the file.
+    pub clock: String,
+    /// Wall-clock time = timestamp + this offset (ns), measured when recording started.
+    pub realtime_offset_ns: i64,
+    /// Half-width of the window in which the offset was measured (ns).
+    pub realtime_offset_error_ns: u64,
+    /// Timestamp at which recording started.
+    pub start_ns: u64,
+    /// The command line of the recorder.
+    pub command_line: Vec<String>,
+    /// What was traced.
+    pub target: TraceTarget,
+    /// Size of the kernel ring buffer in bytes.
+    pub ring_buffer_bytes: u64,
+    /// Probes that were attached, as `kind:name`.
+    pub probes: Vec<String>,
+    /// `task_struct` fields the kernel exposed (those not listed are recorded as 0).
+    pub task_fields: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum TraceTarget {
+    /// Every process but the recorder.
+    #[default]
+    SystemWide,
+    /// These processes (and their new threads).
+    Pids { pids: Vec<u32> },
+    /// A command started by the recorder, and all its descendants.
+    Command { argv: Vec<String>, pid: u32 },
+}
+
+/// Facts written when a recording is closed cleanly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndInfo {
+    /// Timestamp at which recording stopped.
+    pub end_ns: u64,
+    /// Records written to the file.
+    pub events: u64,
+    /// Why the recording stopped, in words.
+    pub stop_reason: String,
+}
+
+/// Where a task-table entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum TaskSource {
+    /// Read from /proc when recording started.
+    Scan = 1,
+    /// Created during the recording (fork/clone).
+    Fork = 2,
+    /// Named by exec.
+    Exec = 3,
+    /// Renamed (prctl, pthread_setname_np, /proc/.../comm).
+    Rename = 4,
+    /// Seen in an event and looked up in /proc afterwards.
+    Lookup = 5,
+    /// Seen in an event but gone before it could be looked up.
+    Unknown = 6,
+}
+
+impl TaskSource {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Scan,
+            2 => Self::Fork,
+            3 => Self::Exec,
+            4 => Self::Rename,
+            5 => Self::Lookup,
+            6 => Self::Unknown,
+            _ => return None,
+        })
+    }
+}
+
+/// One row of the task table: from `ts` on, thread `tid` of process `pid` was called `comm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEntry {
+    pub ts: u64,
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: crate::trace::Comm,
+    pub source: TaskSource,
+}
+
+pub const TASK_ENTRY_LEN: usize = 40;

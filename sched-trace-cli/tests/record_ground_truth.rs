@@ -1,0 +1,151 @@
+//! `sched-trace record` against ground truth: a workload whose sleeps, epoll waits, wake-ups and
+//! CPU contention are known, and the kernel's own per-thread counters (/proc schedstat, status,
+//! sched) read by the workload while every thread was parked.
+
+mod support;
+
+use sched_trace::correlate::ThreadStats;
+use serde_json::Value;
+use support::*;
+
+struct Truth {
+    name: String,
+    pid: u32,
+    tid: u32,
+    v: Value,
+}
+
+impl Truth {
+    fn u(&self, key: &str) -> u64 {
+        self.v[key].as_u64().unwrap_or_else(|| panic!("{} has no {key}", self.name))
+    }
+}
+
+fn within(actual: u64, expected: u64, rel: f64, abs_ns: u64) -> bool {
+    let diff = actual.abs_diff(expected);
+    diff <= abs_ns || diff as f64 <= expected as f64 * rel
+}
+
+#[test]
+fn record_agrees_with_kernel_counters_and_workload() {
+    let Some(_k) = kernel_probes() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("testload.trace");
+    let truth_file = dir.path().join("truth.jsonl");
+    let o = output(
+        sched_trace()
+            .args(["record", "--quiet", "-o"])
+            .arg(&trace)
+            .arg("--")
+            .arg(testload())
+            .arg("--ground-truth")
+            .arg(&truth_file),
+    );
+    assert!(o.status.success(), "record failed: {}", stderr(&o));
+    let truths: Vec<Truth> = std::fs::read_to_string(&truth_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            Truth {
+                name: v["name"].as_str().unwrap().to_string(),
+                pid: v["pid"].as_u64().unwrap() as u32,
+                tid: v["tid"].as_u64().unwrap() as u32,
+                v,
+            }
+        })
+        .collect();
+    assert_eq!(truths.len(), 8, "every workload thread reported");
+
+    let report = report_json(&trace);
+    assert_eq!(report["lost"]["total"], 0, "no event may be lost: {}", report["lost"]);
+    assert_eq!(report["lost"]["counted"], true);
+    assert_eq!(report["trace"]["closed_cleanly"], true);
+
+    for t in &truths {
+        // The trace's view of the thread at the moment the workload read the kernel counters.
+        let at = |cut: u64| -> ThreadStats {
+            stats_at(&trace, cut)
+                .into_iter()
+                .find(|s| s.tid == t.tid)
+                .unwrap_or_else(|| panic!("{} (tid {}) is not in the trace", t.name, t.tid))
+        };
+        let s = at(t.u("snapshot_ns"));
+        let ctx = format!("{} (tid {}): trace {s:?}\nkernel {}", t.name, t.tid, t.v);
+        assert_eq!(s.pid, t.pid, "{ctx}");
+        // Switch and migration counts are exact: one sched_switch per kernel nvcsw/nivcsw.
+        assert_eq!(s.voluntary_switches, t.u("nvcsw"), "voluntary switches: {ctx}");
+        assert_eq!(s.involuntary_switches, t.u("nivcsw"), "involuntary switches: {ctx}");
+        assert_eq!(s.migrations, t.u("nr_migrations"), "migrations: {ctx}");
+        // Times: the kernel accounts with its rq clock, the trace with switch timestamps. The
+        // kernel's exec time leaves out time the hypervisor stole from the vCPU; the trace's
+        // on-CPU time (switch in to switch out) includes it.
+        // Where the kernel did not report a switch-in (tasks hidden from tracing ran on that CPU),
+        // the trace leaves the window unattributed: the kernel's figure lies inside it.
+        let (steal, gap) = (t.u("machine_steal_ns"), s.unaccounted_ns);
+        let (exec, delay) = (t.u("sum_exec_ns"), t.u("run_delay_ns"));
+        assert!(
+            within(s.on_cpu_ns, exec, 0.02, 500_000)
+                || (exec + 500_000 >= s.on_cpu_ns && exec <= s.on_cpu_ns + gap + 500_000)
+                || (s.on_cpu_ns > exec && s.on_cpu_ns <= exec + steal + 500_000),
+            "on-CPU time: {ctx}"
+        );
+        assert!(
+            within(s.runqueue_ns, delay, 0.05, 1_000_000)
+                || (delay + 1_000_000 >= s.runqueue_ns && delay <= s.runqueue_ns + gap + 1_000_000),
+            "run-queue time: {ctx}"
+        );
+
+        // What the thread did during its own work, from the trace, against what it measured.
+        let (start, end) = (at(t.u("work_start_ns")), at(t.u("work_end_ns")));
+        let during = |f: fn(&ThreadStats) -> u64| f(&end) - f(&start);
+        match t.name.as_str() {
+            "tl-sleeper" | "tl-child" => {
+                let requested = t.u("sleeps") * if t.name == "tl-child" { 10_000_000 } else { 5_000_000 };
+                let slept = during(|s| s.sleeping_ns);
+                assert!(slept >= requested && slept <= t.u("slept_ns"), "sleeping {slept}: {ctx}");
+                assert_eq!(during(|s| s.epoll_ns), 0, "{ctx}");
+            }
+            "tl-epoller" => {
+                let in_epoll = during(|s| s.epoll_ns);
+                // 30 waits time out after 4 ms; 20 more end when a pipe becomes readable.
+                assert!(in_epoll >= 30 * 4_000_000 && in_epoll <= t.u("epoll_ns"), "epoll {in_epoll}: {ctx}");
+                assert!(during(|s| s.sleeping_ns) < 2_000_000, "epoll waits are not sleeps: {ctx}");
+            }
+            name if name.starts_with("tl-hog") => {
+                assert!(s.involuntary_switches >= 10, "three hogs on one CPU preempt each other: {ctx}");
+                assert!(s.latencies_ns.len() as u64 >= s.involuntary_switches, "{ctx}");
+            }
+            _ => {}
+        }
+    }
+
+    // Who woke whom: during the ping-pong, every time one of the pair blocked (a voluntary
+    // switch), the other woke it.
+    let by_name = |name: &str| truths.iter().find(|t| t.name == name).unwrap();
+    for (me, partner) in [("tl-ping", "tl-pong"), ("tl-pong", "tl-ping")] {
+        let (me, partner) = (by_name(me), by_name(partner));
+        let at = |cut: u64| stats_at(&trace, cut).into_iter().find(|s| s.tid == me.tid).unwrap();
+        let (start, end) = (at(me.u("work_start_ns")), at(me.u("work_end_ns")));
+        let blocked = end.voluntary_switches - start.voluntary_switches;
+        let woken = |s: &ThreadStats| s.wakers.get(&partner.tid).copied().unwrap_or(0);
+        let by_partner = woken(&end) - woken(&start);
+        assert!(blocked >= 20, "{}: the pair blocked only {blocked} times", me.name);
+        assert!(
+            by_partner + 2 >= blocked && by_partner <= blocked,
+            "{}: blocked {blocked}, woken by {} {by_partner}",
+            me.name,
+            partner.name
+        );
+        let t = report["threads"].as_array().unwrap().iter().find(|t| t["tid"] == me.tid).unwrap();
+        assert_eq!(t["comm"], me.name.as_str());
+        assert_eq!(t["wakers"][0]["tid"], partner.tid, "{}'s top waker: {}", me.name, t["wakers"]);
+    }
+
+    // The forked child process was followed: it is in the report under its own PID.
+    let child = truths.iter().find(|t| t.name == "tl-child").unwrap();
+    let procs = report["processes"].as_array().unwrap();
+    let p =
+        procs.iter().find(|p| p["pid"].as_u64() == Some(child.pid as u64)).expect("child process reported");
+    assert_eq!(p["comm"], "tl-child");
+}

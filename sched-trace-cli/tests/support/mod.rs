@@ -1,0 +1,106 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{Mutex, MutexGuard},
+};
+
+use sched_trace::{
+    correlate::{self, ThreadStats, ThreadTracker},
+    trace::TraceReader,
+};
+
+/// Tests that load probes measure scheduling: they take this lock so they run one at a time.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// Returns a guard when this process may load BPF programs. Without root the test is skipped
+/// locally, but fails on CI (CI=true): a probe test must never pass by not running.
+pub fn kernel_probes() -> Option<MutexGuard<'static, ()>> {
+    let euid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    if euid != 0 {
+        if std::env::var_os("CI").is_some() {
+            panic!("this test loads kernel probes and must run as root on CI");
+        }
+        eprintln!("skipped: loading kernel probes needs root");
+        return None;
+    }
+    Some(KERNEL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub fn sched_trace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sched-trace"))
+}
+
+pub fn testload() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sched-trace-testload"))
+}
+
+/// Runs a command, panicking with its output if it cannot start.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `sched-trace report FILE --json`, parsed.
+pub fn report_json(trace: &Path) -> serde_json::Value {
+    let o = output(sched_trace().arg("report").arg(trace).arg("--json"));
+    assert!(o.status.success(), "report failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("report --json is JSON")
+}
+
+/// Per-thread statistics from the events of `trace` up to `cut` (ns), every state closed at
+/// `cut`: what the trace says about the threads at that moment.
+pub fn stats_at(trace: &Path, cut: u64) -> Vec<ThreadStats> {
+    let mut reader = TraceReader::open(trace).expect("trace opens");
+    let mut tracker = ThreadTracker::new(correlate::scope_of(reader.info()));
+    while let Some(e) = reader.next_event().expect("trace reads") {
+        if e.ts > cut {
+            break;
+        }
+        tracker.event(&e);
+    }
+    tracker.finish(cut)
+}
+
+/// A background load of context switches: `perf bench sched pipe` for `loops` round trips.
+pub fn switch_storm(loops: u32) -> std::process::Child {
+    Command::new("perf")
+        .args(["bench", "sched", "pipe", "-l", &loops.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("perf (linux-perf) is installed by cargo xtask setup")
+}
+
+/// Names of the kernel programs sched-trace attaches, as `bpftool prog` lists them (truncated
+/// to 15 characters), that are loaded right now.
+pub fn loaded_sched_trace_programs() -> Vec<String> {
+    let o = output(Command::new("bpftool").args(["-j", "prog", "show"]));
+    assert!(o.status.success(), "bpftool prog show: {}", stderr(&o));
+    let progs: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bpftool -j is JSON");
+    const OURS: &[&str] = &[
+        "sched_switch",
+        "sched_waking",
+        "sched_wakeup",
+        "sched_wakeup_n",
+        "sched_migrate_t",
+        "sched_process_f",
+        "sched_process_e",
+        "task_rename",
+        "sys_enter_epoll",
+        "sys_exit_epoll_",
+    ];
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| OURS.iter().any(|o| n.starts_with(o)))
+        .map(str::to_string)
+        .collect()
+}

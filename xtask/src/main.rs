@@ -1,0 +1,166 @@
+//! Project tasks: `cargo xtask setup | test | demo | bench`.
+//!
+//! `setup` installs, idempotently, everything a fresh machine of the supported kind lacks for
+//! building the kernel programs (Debian's Rust with its library source, LLVM 22, bpf-linker) and
+//! for the tests (bpftool, bpftrace, perf). The other tasks run it first.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the build and the tests need.
+const PACKAGES: &[&str] = &[
+    // Debian's Rust 1.96 with its library source: -Z build-std=core for bpfel-unknown-none.
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    // libLLVM 22, the LLVM of rustc-web, for bpf-linker.
+    "llvm-22-dev",
+    // Peers and helpers used by the tests.
+    "bpftool",
+    "bpftrace",
+    "linux-perf",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const TOOLS_DIR: &str = "/opt/sched-trace/tools";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain and test dependencies (idempotent; needs root on a fresh machine).
+    Setup,
+    /// Set up, then run formatting and lint checks and the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, record the demo workload and write its report into DIR.
+    Demo {
+        #[arg(short, long, default_value = "demo-out")]
+        output: PathBuf,
+        /// Workload to run.
+        #[arg(long)]
+        workload: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Test { args } => {
+            setup()?;
+            run(cargo(&root).args(["fmt", "--all", "--check"]), "cargo fmt --check")?;
+            run(
+                cargo(&root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+                "cargo clippy",
+            )?;
+            // The tests that load probes measure scheduling: they run one at a time (a shared
+            // lock in the test support code), while the quick unit tests run in parallel.
+            run(cargo(&root).args(["test", "--workspace"]).args(&args), "cargo test")
+        }
+        Task::Demo { output, workload } => {
+            setup()?;
+            run(cargo(&root).args(["build", "--release", "--bins"]), "cargo build --release")?;
+            let exe = root.join("target/release/sched-trace");
+            let mut cmd = Command::new(exe);
+            cmd.arg("demo").arg("-o").arg(&output);
+            if let Some(w) = workload {
+                cmd.arg("--workload").arg(w);
+            }
+            run(&mut cmd, "sched-trace demo")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root);
+    c
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !package_installed(p)).collect();
+    if !missing.is_empty() {
+        require_root(&format!("installing {}", missing.join(" ")))?;
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        run(
+            Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get update",
+        )?;
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install",
+        )?;
+    }
+    let sysroot_src = Path::new("/usr/lib/rustlib/src/rust/library/Cargo.lock");
+    if !sysroot_src.exists() {
+        bail!("{} is missing: rust-web-src did not install the library source", sysroot_src.display());
+    }
+
+    let linker = Path::new(TOOLS_DIR).join("bin/bpf-linker");
+    let have = Command::new(&linker).arg("--version").output().ok().filter(|o| o.status.success());
+    let current = have.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if current.as_deref() != Some(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+        require_root(&format!("installing bpf-linker into {TOOLS_DIR}"))?;
+        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+        // Debian's cargo and rustc, with rustup's proxies off PATH; LLVM_PREFIX makes the
+        // build find LLVM 22 instead of the default llvm-config (LLVM 14).
+        let mut cmd = Command::new("/usr/bin/cargo");
+        cmd.args(["install", "--locked", "--quiet"])
+            .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", "llvm-22", "--root", TOOLS_DIR])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("RUSTC", "/usr/bin/rustc")
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env_remove("RUSTC_WRAPPER");
+        run(&mut cmd, "cargo install bpf-linker")?;
+    }
+    Ok(())
+}
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", name])
+        .output()
+        .map(|o| o.status.success() && o.stdout == b"installed")
+        .unwrap_or(false)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // /proc/self belongs to the process's effective user.
+    let euid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
+    if euid != 0 {
+        bail!("{what} needs root: run `sudo cargo xtask setup` once");
+    }
+    Ok(())
+}
