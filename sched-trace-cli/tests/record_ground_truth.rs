@@ -4,7 +4,12 @@
 
 mod support;
 
-use sched_trace::correlate::ThreadStats;
+use std::collections::HashMap;
+
+use sched_trace::{
+    correlate::ThreadStats,
+    trace::{EventKind, TraceReader},
+};
 use serde_json::Value;
 use support::*;
 
@@ -107,6 +112,25 @@ fn record_agrees_with_kernel_counters_and_workload() {
                 assert_eq!(during(|s| s.epoll_ns), 0, "{ctx}");
             }
             "tl-epoller" => {
+                // Every epoll wait call was seen, with its timeout: 10 timed waits through each
+                // of the three calls, then 20 untimed epoll_wait calls.
+                let mut calls: HashMap<(String, i64), u64> = HashMap::new();
+                let mut reader = TraceReader::open(&trace).unwrap();
+                while let Some(e) = reader.next_event().unwrap() {
+                    if let EventKind::EpollEnter { call, timeout_ns, .. } = e.kind
+                        && e.tid == t.tid
+                    {
+                        *calls.entry((format!("{call:?}"), timeout_ns)).or_default() += 1;
+                    }
+                }
+                let expect: HashMap<(String, i64), u64> = [
+                    (("Wait".to_string(), 4_000_000), 10),
+                    (("Pwait".to_string(), 4_000_000), 10),
+                    (("Pwait2".to_string(), 4_000_000), 10),
+                    (("Wait".to_string(), -1), 20),
+                ]
+                .into();
+                assert_eq!(calls, expect, "epoll calls of {}", t.name);
                 let in_epoll = during(|s| s.epoll_ns);
                 // 30 waits time out after 4 ms; 20 more end when a pipe becomes readable.
                 assert!(in_epoll >= 30 * 4_000_000 && in_epoll <= t.u("epoll_ns"), "epoll {in_epoll}: {ctx}");

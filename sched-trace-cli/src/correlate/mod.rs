@@ -20,7 +20,7 @@ pub struct Correlation {
 /// The threads a trace is about.
 pub fn scope_of(info: &TraceInfo) -> Scope {
     match &info.target {
-        TraceTarget::SystemWide => Scope::All,
+        TraceTarget::SystemWide => Scope::AllBut(info.recorder_pid),
         TraceTarget::Pids { pids } => Scope::Pids(pids.clone()),
         TraceTarget::Command { pid, .. } => Scope::Pids(vec![*pid]),
     }

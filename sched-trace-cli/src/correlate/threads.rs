@@ -127,7 +127,8 @@ impl Thread {
 /// Which processes' threads get statistics.
 #[derive(Clone, Debug)]
 pub enum Scope {
-    All,
+    /// Every process but this one (the recorder of a system-wide trace).
+    AllBut(u32),
     /// These processes, plus children the recorder followed.
     Pids(Vec<u32>),
 }
@@ -135,7 +136,8 @@ pub enum Scope {
 /// Folds events into per-thread totals.
 pub struct ThreadTracker {
     threads: HashMap<u32, Thread>,
-    scope_all: bool,
+    /// `Some(recorder)`: every process but the recorder; `None`: only `pids`.
+    all_but: Option<u32>,
     pids: std::collections::HashSet<u32>,
     /// Per CPU, the time of the last switch seen there.
     last_switch: Vec<u64>,
@@ -143,15 +145,19 @@ pub struct ThreadTracker {
 
 impl ThreadTracker {
     pub fn new(scope: Scope) -> Self {
-        let (scope_all, pids) = match scope {
-            Scope::All => (true, Default::default()),
-            Scope::Pids(p) => (false, p.into_iter().collect()),
+        let (all_but, pids) = match scope {
+            Scope::AllBut(recorder) => (Some(recorder), Default::default()),
+            Scope::Pids(p) => (None, p.into_iter().collect()),
         };
-        ThreadTracker { threads: HashMap::new(), scope_all, pids, last_switch: Vec::new() }
+        ThreadTracker { threads: HashMap::new(), all_but, pids, last_switch: Vec::new() }
     }
 
     fn in_scope(&self, tid: u32, pid: u32) -> bool {
-        tid != 0 && (self.scope_all || self.pids.contains(&pid))
+        tid != 0
+            && match self.all_but {
+                Some(recorder) => pid != recorder,
+                None => self.pids.contains(&pid),
+            }
     }
 
     fn thread(&mut self, tid: u32, pid: u32, ts: u64) -> &mut Thread {
@@ -215,7 +221,7 @@ impl ThreadTracker {
                 self.thread(tid, pid, e.ts).stats.migrations += 1;
             }
             EventKind::Fork { child_pid, thread, followed, .. }
-                if (followed || thread) && !self.scope_all && self.pids.contains(&e.pid) =>
+                if (followed || thread) && self.all_but.is_none() && self.pids.contains(&e.pid) =>
             {
                 self.pids.insert(child_pid);
             }
@@ -303,5 +309,163 @@ impl ThreadTracker {
             .collect();
         out.sort_by_key(|t| t.tid);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::event::{Comm, EpollCall, Wake};
+
+    const P: u32 = 100; // the traced process
+    const T: u32 = 101; // its thread under test
+    const W: u32 = 102; // another of its threads, the waker
+
+    fn ev(ts: u64, cpu: u16, tid: u32, pid: u32, kind: EventKind) -> Event {
+        Event { ts, cpu, tid, pid, kind }
+    }
+
+    fn switch(
+        ts: u64,
+        cpu: u16,
+        prev: (u32, u32),
+        next: (u32, u32),
+        prev_state: u32,
+        preempt: bool,
+    ) -> Event {
+        ev(
+            ts,
+            cpu,
+            prev.0,
+            prev.1,
+            EventKind::Switch(Switch {
+                preempt,
+                prev_state,
+                prev_prio: 120,
+                next_tid: next.0,
+                next_pid: next.1,
+                next_prio: 120,
+                prev_vruntime: 0,
+                next_vruntime: 0,
+                prev_weight: 1024,
+                next_weight: 1024,
+            }),
+        )
+    }
+
+    fn wake(ts: u64, waker: (u32, u32), target: u32) -> Vec<Event> {
+        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120 };
+        vec![
+            ev(ts, 1, waker.0, waker.1, EventKind::Waking(w)),
+            ev(ts, 1, waker.0, waker.1, EventKind::Wakeup(w)),
+        ]
+    }
+
+    fn run(events: &[Event], end: u64) -> ThreadStats {
+        let mut t = ThreadTracker::new(Scope::Pids(vec![P]));
+        for e in events {
+            t.event(e);
+        }
+        t.finish(end).into_iter().find(|s| s.tid == T).expect("thread tracked")
+    }
+
+    const IDLE: (u32, u32) = (0, 0);
+
+    #[test]
+    fn sleeping_runnable_and_running_add_up() {
+        let mut e = vec![switch(100, 0, IDLE, (T, P), 0, false)]; // T runs from 100
+        e.push(switch(300, 0, (T, P), IDLE, task_state::INTERRUPTIBLE, false)); // sleeps 300..
+        e.extend(wake(1_300, (W, P), T)); // ..woken at 1300 by W
+        e.push(switch(1_350, 0, IDLE, (T, P), 0, false)); // runs after 50 in the run queue
+        e.push(switch(1_500, 0, (T, P), (W, P), task_state::RUNNING, true)); // preempted by W
+        e.push(switch(1_900, 0, (W, P), (T, P), task_state::INTERRUPTIBLE, false)); // back after 400
+        let s = run(&e, 2_000);
+        assert_eq!(s.on_cpu_ns, 200 + 150 + 100);
+        assert_eq!(s.sleeping_ns, 1_000);
+        assert_eq!(s.runqueue_ns, 50 + 400);
+        assert_eq!(s.latencies_ns, vec![50, 400]);
+        assert_eq!(s.latencies_from_wakeup, 1);
+        assert_eq!((s.voluntary_switches, s.involuntary_switches), (1, 1));
+        assert_eq!(s.wakers.get(&W), Some(&1));
+        assert_eq!(s.preempted_by.get(&W), Some(&1));
+        assert_eq!((s.missed_switch_ins, s.unaccounted_ns), (0, 0));
+    }
+
+    #[test]
+    fn epoll_waits_are_kept_apart_from_sleeps() {
+        let epoll = |ts, enter: bool| {
+            let kind = if enter {
+                EventKind::EpollEnter { call: EpollCall::Wait, epfd: 3, maxevents: 8, timeout_ns: -1 }
+            } else {
+                EventKind::EpollExit { call: EpollCall::Wait, ret: 1 }
+            };
+            ev(ts, 0, T, P, kind)
+        };
+        let mut e = vec![switch(0, 0, IDLE, (T, P), 0, false), epoll(10, true)];
+        e.push(switch(20, 0, (T, P), IDLE, task_state::INTERRUPTIBLE, false));
+        e.extend(wake(520, (W, P), T));
+        e.push(switch(530, 0, IDLE, (T, P), 0, false));
+        e.push(epoll(540, false));
+        e.push(switch(600, 0, (T, P), IDLE, task_state::INTERRUPTIBLE, false)); // a plain sleep
+        let s = run(&e, 700);
+        assert_eq!((s.epoll_ns, s.sleeping_ns, s.runqueue_ns), (500, 100, 10));
+    }
+
+    #[test]
+    fn uninterruptible_and_dead_states() {
+        let mut e = vec![switch(0, 0, IDLE, (T, P), 0, false)];
+        e.push(switch(10, 0, (T, P), IDLE, task_state::UNINTERRUPTIBLE, false));
+        e.extend(wake(60, (W, P), T));
+        e.push(switch(70, 0, IDLE, (T, P), 0, false));
+        e.push(ev(80, 0, T, P, EventKind::Exit { group_dead: false }));
+        e.push(switch(90, 0, (T, P), IDLE, task_state::DEAD, false));
+        let s = run(&e, 1_000);
+        assert_eq!((s.blocked_ns, s.on_cpu_ns, s.runqueue_ns), (50, 30, 10));
+        assert!(s.exited);
+    }
+
+    #[test]
+    fn a_missing_switch_in_leaves_its_window_unaccounted() {
+        // T is preempted by a task hidden from tracing at 100; the switch back is never reported,
+        // and T is next seen switching out at 400. On that CPU nothing else was seen after 100.
+        let mut e = vec![switch(0, 0, IDLE, (T, P), 0, false)];
+        e.push(switch(100, 0, (T, P), (9999, 1), task_state::RUNNING, true));
+        e.push(switch(400, 0, (T, P), IDLE, task_state::INTERRUPTIBLE, false));
+        let s = run(&e, 500);
+        assert_eq!((s.on_cpu_ns, s.runqueue_ns, s.unaccounted_ns), (100, 0, 300));
+        assert_eq!(s.missed_switch_ins, 1);
+        assert!(s.latencies_ns.is_empty(), "a missed switch-in is not a latency sample");
+        // Another switch on that CPU bounds the window: T cannot have run before it.
+        let mut e2 = e.clone();
+        e2.insert(2, switch(250, 0, (W, P), IDLE, task_state::INTERRUPTIBLE, false));
+        let s = run(&e2, 500);
+        assert_eq!((s.runqueue_ns, s.unaccounted_ns), (150, 150));
+    }
+
+    #[test]
+    fn only_threads_of_traced_processes_and_followed_children_count() {
+        let child = (201, 201);
+        let mut e = vec![switch(0, 0, IDLE, (T, P), 0, false)];
+        e.push(ev(
+            5,
+            0,
+            T,
+            P,
+            EventKind::Fork {
+                child_tid: 201,
+                child_pid: 201,
+                thread: false,
+                followed: true,
+                comm: Comm::new("c"),
+            },
+        ));
+        e.push(switch(10, 0, (T, P), (300, 300), task_state::INTERRUPTIBLE, false)); // 300: outsider
+        e.push(switch(20, 0, (300, 300), child, task_state::INTERRUPTIBLE, false));
+        let mut t = ThreadTracker::new(Scope::Pids(vec![P]));
+        for x in &e {
+            t.event(x);
+        }
+        let tids: Vec<u32> = t.finish(30).iter().map(|s| s.tid).collect();
+        assert_eq!(tids, vec![T, 201]);
     }
 }

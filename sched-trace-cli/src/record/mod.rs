@@ -176,87 +176,60 @@ impl RecordSummary {
 
 /// Records until a stop condition. Nothing stays attached when this returns, on any path.
 pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
-    let missing = privileges::missing_capabilities().map_err(RecordError::Capabilities)?;
-    if !missing.is_empty() {
-        return Err(RecordError::MissingCapability { missing });
-    }
-    let rb = opts.ring_buffer_bytes;
-    if !rb.is_power_of_two() || rb < 4096 {
-        return Err(RecordError::RingBufferSize(rb));
-    }
-    for &pid in &opts.pids {
-        if !target::process_exists(pid) {
-            return Err(RecordError::NoSuchProcess { pid });
-        }
-    }
+    check_preconditions(&opts)?;
+    let kernel = KernelFacts::read()?;
 
-    // What the running kernel looks like.
-    let tracefs_root = tracefs::ensure_mounted()?;
-    let btf = kernel_btf::KernelBtf::load()?;
-    for (tp, params) in probes::RAW_TRACEPOINT_PROTOTYPES {
-        btf.check_tracepoint(tp, params)?;
-    }
-    let task = btf.task_offsets()?;
-    drop(btf);
-    let epoll = epoll_offsets(&tracefs_root)?;
-
-    // Targets. A command is forked now and held before exec until the probes are attached.
+    // Targets. A command is forked now and held before exec until the probes are attached; if
+    // anything below fails, dropping it makes the child exit without running the command.
     let mut command =
         if opts.command.is_empty() { None } else { Some(LaunchedCommand::spawn(&opts.command)?) };
     let mut watched = Vec::new();
     for &pid in &opts.pids {
-        watched.push((pid, ProcessExit::watch(pid).map_err(|source| RecordError::Watch { pid, source })?));
+        let watch = ProcessExit::watch(pid).map_err(|source| match source.raw_os_error() {
+            Some(libc::ESRCH) => RecordError::NoSuchProcess { pid },
+            _ => RecordError::Watch { pid, source },
+        })?;
+        watched.push((pid, watch));
     }
     let target = match &command {
         Some(c) => TraceTarget::Command { argv: c.argv().to_vec(), pid: c.pid() },
         None if !opts.pids.is_empty() => TraceTarget::Pids { pids: opts.pids.clone() },
         None => TraceTarget::SystemWide,
     };
+    let filter_pids: Vec<u32> = command.as_ref().map(|c| vec![c.pid()]).unwrap_or_else(|| opts.pids.clone());
+
+    // The file first: an unwritable path fails before anything is loaded into the kernel.
+    let info = trace_info(&opts, target, &kernel);
+    let start_ns = info.start_ns;
+    let system_wide = matches!(info.target, TraceTarget::SystemWide);
+    let writer = TraceWriter::create(&opts.output, &info)?;
+    let unfinished = UnfinishedFile(Some(opts.output.clone()));
 
     let config = ProbeConfig {
-        filter_pids: !matches!(target, TraceTarget::SystemWide),
+        filter_pids: !system_wide,
         follow_children: command.is_some(),
         self_pid: std::process::id(),
-        ring_buffer_bytes: rb,
+        ring_buffer_bytes: opts.ring_buffer_bytes,
         filter_table_entries: 16384,
-        task,
-        epoll,
+        task: kernel.task,
+        epoll: kernel.epoll,
     };
     let mut probes = Probes::load(&config)?;
-    let filter_pids: Vec<u32> = command.as_ref().map(|c| vec![c.pid()]).unwrap_or_else(|| opts.pids.clone());
     for &pid in &filter_pids {
         probes.trace_pid(pid)?;
     }
     let ring = probes.take_events()?;
     let counters = probes.take_counters()?;
     probes.attach_all()?;
+    // SAFETY: the ring buffer owns its fd, which stays open and unchanged while the AsyncFd
+    // owns the ring buffer.
+    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| RecordError::Drain(e.into()))?;
 
-    let (hostname, kernel_release) = host::uname();
-    let (possible_cpus, online_cpus) = host::cpus();
-    let (realtime_offset_ns, realtime_offset_error_ns) = host::realtime_offset();
-    let start_ns = host::monotonic_ns();
-    let info = TraceInfo {
-        abi_version: ABI_VERSION,
-        recorder: format!("sched-trace {}", env!("CARGO_PKG_VERSION")),
-        hostname,
-        kernel_release,
-        possible_cpus,
-        online_cpus,
-        clock: "CLOCK_MONOTONIC".into(),
-        realtime_offset_ns,
-        realtime_offset_error_ns,
-        start_ns,
-        command_line: opts.command_line.clone(),
-        target,
-        ring_buffer_bytes: rb as u64,
-        probes: probes.attached().to_vec(),
-        task_fields: task.available(),
-    };
-    let writer = TraceWriter::create(&opts.output, &info)?;
-
-    let initial_tasks = match &info.target {
-        TraceTarget::SystemWide => procfs::scan_all(start_ns),
-        _ => filter_pids.iter().flat_map(|&p| procfs::scan_process(p, start_ns)).collect(),
+    let initial_tasks = if system_wide {
+        procfs::scan_all(start_ns)
+    } else {
+        filter_pids.iter().flat_map(|&p| procfs::scan_process(p, start_ns)).collect()
     };
     let stats = Arc::new(SinkStats::default());
     let (tx, rx) = mpsc::channel::<SinkMsg>(64);
@@ -267,7 +240,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             .spawn(move || sink::run(writer, rx, stats))
             .map_err(|e| RecordError::Trace(TraceError::io(&opts.output, e)))?
     };
-    // The channel is empty: this cannot fail for lack of room, only if the sink already died.
+    unfinished.keep();
+    // The channel is empty: this cannot fail for lack of room, only if the sink already died,
+    // which the join below reports.
     let _ = tx.try_send(SinkMsg::Tasks(initial_tasks));
 
     if let Some(c) = command.as_mut() {
@@ -275,10 +250,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     }
     let started = Instant::now();
     let mut session = Session {
-        // SAFETY: the ring buffer owns its fd, which stays open and unchanged while the
-        // AsyncFd owns the ring buffer.
-        ring: unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| RecordError::Drain(e.into()))?,
+        ring,
         counters,
         received: [0; DropCounters::SLOTS],
         tx,
@@ -292,7 +264,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
     // Detach first, then take what the kernel still holds.
     drop(probes);
-    let final_drain = session.drain_now();
+    session.drain_now();
     let final_drops = session.losses(true);
     let _ = session.flush().await;
     if let Ok(d) = &final_drops {
@@ -303,23 +275,20 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let sink_result =
         sink.join().unwrap_or_else(|_| Err(TraceError::Encode("the trace writer thread panicked".into())));
 
-    let (stop, command_status) = run?;
-    final_drain?;
-    let drops = final_drops?;
-    let out = sink_result.map_err(|source| RecordError::Write {
+    // A failed write explains everything after it (the drain stops when the writer does).
+    let write_error = |source| RecordError::Write {
         path: opts.output.clone(),
         events: stats.events.load(Ordering::Relaxed),
-        bytes: stats.bytes.load(Ordering::Relaxed),
+        // The writer cut the file back to its last whole chunk: its size is what is kept.
+        bytes: std::fs::metadata(&opts.output).map(|m| m.len()).unwrap_or(0),
         source,
-    })?;
+    };
+    let out = sink_result.map_err(write_error)?;
+    let (stop, command_status) = run?;
+    let drops = final_drops?;
     let end = EndInfo { end_ns: host::monotonic_ns(), events: out.events, stop_reason: stop.to_string() };
     let events = out.events;
-    let bytes = out.writer.finish(&end).map_err(|source| RecordError::Write {
-        path: opts.output.clone(),
-        events,
-        bytes: stats.bytes.load(Ordering::Relaxed),
-        source,
-    })?;
+    let bytes = out.writer.finish(&end).map_err(write_error)?;
     Ok(RecordSummary {
         output: opts.output.clone(),
         events,
@@ -329,6 +298,82 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         stop,
         command_status,
     })
+}
+
+/// Checks what can be checked before touching the kernel or the file system.
+fn check_preconditions(opts: &RecordOptions) -> Result<(), RecordError> {
+    let missing = privileges::missing_capabilities().map_err(RecordError::Capabilities)?;
+    if !missing.is_empty() {
+        return Err(RecordError::MissingCapability { missing });
+    }
+    let rb = opts.ring_buffer_bytes;
+    if !rb.is_power_of_two() || rb < 4096 {
+        return Err(RecordError::RingBufferSize(rb));
+    }
+    for &pid in &opts.pids {
+        if !target::process_exists(pid) {
+            return Err(RecordError::NoSuchProcess { pid });
+        }
+    }
+    Ok(())
+}
+
+/// What the probes need to know about the running kernel.
+struct KernelFacts {
+    task: kernel_btf::TaskOffsets,
+    epoll: EpollOffsets,
+}
+
+impl KernelFacts {
+    fn read() -> Result<Self, RecordError> {
+        let tracefs_root = tracefs::ensure_mounted()?;
+        let btf = kernel_btf::KernelBtf::load()?;
+        for (tp, params) in probes::RAW_TRACEPOINT_PROTOTYPES {
+            btf.check_tracepoint(tp, params)?;
+        }
+        Ok(KernelFacts { task: btf.task_offsets()?, epoll: epoll_offsets(&tracefs_root)? })
+    }
+}
+
+fn trace_info(opts: &RecordOptions, target: TraceTarget, kernel: &KernelFacts) -> TraceInfo {
+    let (hostname, kernel_release) = host::uname();
+    let (possible_cpus, online_cpus) = host::cpus();
+    let (realtime_offset_ns, realtime_offset_error_ns) = host::realtime_offset();
+    TraceInfo {
+        abi_version: ABI_VERSION,
+        recorder: format!("sched-trace {}", env!("CARGO_PKG_VERSION")),
+        hostname,
+        kernel_release,
+        possible_cpus,
+        online_cpus,
+        clock: "CLOCK_MONOTONIC".into(),
+        realtime_offset_ns,
+        realtime_offset_error_ns,
+        start_ns: host::monotonic_ns(),
+        command_line: opts.command_line.clone(),
+        recorder_pid: std::process::id(),
+        target,
+        ring_buffer_bytes: opts.ring_buffer_bytes as u64,
+        probes: probes::attach_points(),
+        task_fields: kernel.task.available(),
+    }
+}
+
+/// Removes a trace file that was created but never got a recording (setup failed after it).
+struct UnfinishedFile(Option<PathBuf>);
+
+impl UnfinishedFile {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for UnfinishedFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Field offsets of the epoll syscall tracepoints; the three wait calls must agree.
@@ -508,9 +553,8 @@ impl Session {
     }
 
     /// Drains whatever the ring buffer holds right now (after the probes are detached).
-    fn drain_now(&mut self) -> Result<(), RecordError> {
+    fn drain_now(&mut self) {
         drain(self.ring.get_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
-        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), RecordError> {

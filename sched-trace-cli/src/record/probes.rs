@@ -86,7 +86,20 @@ pub struct ProbeConfig {
 /// Loaded (and, after [`Probes::attach_all`], attached) kernel programs.
 pub struct Probes {
     bpf: Ebpf,
-    attached: Vec<String>,
+}
+
+/// Every attach point, as `kind:name`: what a recording uses when `attach_all` succeeds.
+pub fn attach_points() -> Vec<String> {
+    PROGRAMS.iter().map(|(_, point)| point.label()).collect()
+}
+
+impl AttachPoint {
+    fn label(self) -> String {
+        match self {
+            AttachPoint::Raw(tp) => format!("raw_tracepoint:{tp}"),
+            AttachPoint::Tracefs(cat, tp) => format!("tracepoint:{cat}:{tp}"),
+        }
+    }
 }
 
 impl Probes {
@@ -121,7 +134,7 @@ impl Probes {
                 what: "loading the probes' object (maps and BTF)".into(),
                 source: Box::new(e),
             })?;
-        let mut probes = Probes { bpf, attached: Vec::new() };
+        let mut probes = Probes { bpf };
         probes.load_programs()?;
         Ok(probes)
     }
@@ -170,28 +183,20 @@ impl Probes {
                 what: format!("program {name} is missing from the probes' object"),
                 source: Box::new(ProgramError::NotLoaded),
             })?;
-            let (label, result) = match point {
-                AttachPoint::Raw(tp) => (
-                    format!("raw_tracepoint:{tp}"),
-                    <&mut RawTracePoint>::try_from(program).and_then(|p| p.attach(tp).map(drop)),
-                ),
-                AttachPoint::Tracefs(cat, tp) => (
-                    format!("tracepoint:{cat}:{tp}"),
-                    <&mut TracePoint>::try_from(program).and_then(|p| p.attach(cat, tp).map(drop)),
-                ),
+            let result = match point {
+                AttachPoint::Raw(tp) => {
+                    <&mut RawTracePoint>::try_from(program).and_then(|p| p.attach(tp).map(drop))
+                }
+                AttachPoint::Tracefs(cat, tp) => {
+                    <&mut TracePoint>::try_from(program).and_then(|p| p.attach(cat, tp).map(drop))
+                }
             };
             result.map_err(|e| RecordError::Probe {
-                what: format!("attaching program {name} to {label}"),
+                what: format!("attaching program {name} to {}", point.label()),
                 source: Box::new(e),
             })?;
-            self.attached.push(label);
         }
         Ok(())
-    }
-
-    /// The attach points in use, as `kind:name`.
-    pub fn attached(&self) -> &[String] {
-        &self.attached
     }
 
     /// Takes the ring buffer out (it outlives the programs, for the final drain).

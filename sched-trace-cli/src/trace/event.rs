@@ -269,141 +269,12 @@ impl Event {
 }
 
 #[cfg(test)]
-pub(crate) mod encode {
-    //! Builds ABI records for tests of the decoder and of everything downstream.
-    use super::*;
-    use sched_trace_abi::*;
-
-    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
-        // SAFETY: the ABI structs are repr(C) plain data with no padding holes that matter for
-        // tests (every byte is initialised by the struct literals below).
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
-    }
-
-    pub fn header(kind: u8, size: usize, ts: u64, cpu: u16, tid: u32, pid: u32, flags: u32) -> RecordHeader {
-        RecordHeader { ts_ns: ts, kind, size: size as u8, cpu, tid, pid, flags }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn switch(
-        ts: u64,
-        cpu: u16,
-        prev: (u32, u32),
-        next: (u32, u32),
-        prev_state: u32,
-        preempt: bool,
-    ) -> Vec<u8> {
-        let r = SwitchRecord {
-            header: header(
-                kind::SWITCH,
-                std::mem::size_of::<SwitchRecord>(),
-                ts,
-                cpu,
-                prev.0,
-                prev.1,
-                if preempt { switch_flags::PREEMPT } else { 0 },
-            ),
-            next_tid: next.0,
-            next_pid: next.1,
-            prev_state,
-            prev_prio: 120,
-            next_prio: 120,
-            prev_vruntime: 1000,
-            next_vruntime: 2000,
-            prev_weight: 1024,
-            next_weight: 1024,
-        };
-        bytes_of(&r)
-    }
-
-    pub fn wake(k: u8, ts: u64, cpu: u16, waker: (u32, u32), target: (u32, u32)) -> Vec<u8> {
-        let r = WakeRecord {
-            header: header(k, std::mem::size_of::<WakeRecord>(), ts, cpu, waker.0, waker.1, 0),
-            target_tid: target.0,
-            target_pid: target.1,
-            target_cpu: cpu as u32,
-            target_prio: 120,
-        };
-        bytes_of(&r)
-    }
-
-    pub fn migrate(ts: u64, cpu: u16, target: (u32, u32), from: u32, to: u32) -> Vec<u8> {
-        let r = MigrateRecord {
-            header: header(kind::MIGRATE, std::mem::size_of::<MigrateRecord>(), ts, cpu, 0, 0, 0),
-            target_tid: target.0,
-            target_pid: target.1,
-            orig_cpu: from,
-            dest_cpu: to,
-        };
-        bytes_of(&r)
-    }
-
-    pub fn fork(ts: u64, parent: (u32, u32), child: (u32, u32), comm: &str) -> Vec<u8> {
-        let flags = if parent.1 == child.1 { fork_flags::THREAD } else { 0 };
-        let r = ForkRecord {
-            header: header(kind::FORK, std::mem::size_of::<ForkRecord>(), ts, 0, parent.0, parent.1, flags),
-            child_tid: child.0,
-            child_pid: child.1,
-            child_comm: Comm::new(comm).0,
-        };
-        bytes_of(&r)
-    }
-
-    pub fn rename(ts: u64, task: (u32, u32), comm: &str) -> Vec<u8> {
-        let r = RenameRecord {
-            header: header(kind::RENAME, std::mem::size_of::<RenameRecord>(), ts, 0, task.0, task.1, 0),
-            comm: Comm::new(comm).0,
-        };
-        bytes_of(&r)
-    }
-
-    pub fn exit(ts: u64, task: (u32, u32), group_dead: bool) -> Vec<u8> {
-        let flags = if group_dead { exit_flags::GROUP_DEAD } else { 0 };
-        bytes_of(&ExitRecord {
-            header: header(kind::EXIT, std::mem::size_of::<ExitRecord>(), ts, 0, task.0, task.1, flags),
-        })
-    }
-
-    pub fn epoll_enter(ts: u64, task: (u32, u32), timeout_ns: i64) -> Vec<u8> {
-        bytes_of(&EpollEnterRecord {
-            header: header(
-                kind::EPOLL_ENTER,
-                std::mem::size_of::<EpollEnterRecord>(),
-                ts,
-                0,
-                task.0,
-                task.1,
-                epoll_call::EPOLL_WAIT,
-            ),
-            epfd: 3,
-            maxevents: 8,
-            timeout_ns,
-        })
-    }
-
-    pub fn epoll_exit(ts: u64, task: (u32, u32), ret: i64) -> Vec<u8> {
-        bytes_of(&EpollExitRecord {
-            header: header(
-                kind::EPOLL_EXIT,
-                std::mem::size_of::<EpollExitRecord>(),
-                ts,
-                0,
-                task.0,
-                task.1,
-                epoll_call::EPOLL_WAIT,
-            ),
-            ret,
-        })
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn switch_round_trips() {
-        let raw = encode::switch(42, 1, (10, 10), (11, 10), 1, false);
+        let raw = crate::trace::synthetic::switch(42, 1, (10, 10), (11, 10), 1, false);
         let Decoded::Event(e, size) = decode(&raw).unwrap() else { panic!("not an event") };
         assert_eq!(size, 64);
         assert_eq!((e.ts, e.cpu, e.tid, e.pid), (42, 1, 10, 10));
@@ -415,13 +286,13 @@ mod tests {
     #[test]
     fn every_kind_decodes_from_its_own_size() {
         for raw in [
-            encode::wake(kind::WAKING, 1, 0, (1, 1), (2, 2)),
-            encode::migrate(1, 0, (2, 2), 0, 1),
-            encode::fork(1, (1, 1), (2, 1), "worker"),
-            encode::rename(1, (2, 1), "renamed"),
-            encode::exit(1, (2, 1), true),
-            encode::epoll_enter(1, (2, 1), -1),
-            encode::epoll_exit(1, (2, 1), 3),
+            crate::trace::synthetic::wake(kind::WAKING, 1, 0, (1, 1), (2, 2)),
+            crate::trace::synthetic::migrate(1, 0, (2, 2), 0, 1),
+            crate::trace::synthetic::fork(1, (1, 1), (2, 1), "worker"),
+            crate::trace::synthetic::rename(1, (2, 1), "renamed"),
+            crate::trace::synthetic::exit(1, (2, 1), true),
+            crate::trace::synthetic::epoll_enter(1, (2, 1), -1),
+            crate::trace::synthetic::epoll_exit(1, (2, 1), 3),
         ] {
             match decode(&raw).unwrap() {
                 Decoded::Event(_, size) => assert_eq!(size, raw.len()),
@@ -432,7 +303,7 @@ mod tests {
 
     #[test]
     fn fork_carries_thread_flag_and_comm() {
-        let raw = encode::fork(5, (100, 100), (101, 100), "worker-1");
+        let raw = crate::trace::synthetic::fork(5, (100, 100), (101, 100), "worker-1");
         let Decoded::Event(e, _) = decode(&raw).unwrap() else { panic!() };
         let EventKind::Fork { child_tid, thread, comm, .. } = e.kind else { panic!() };
         assert_eq!((child_tid, thread, comm.to_string().as_str()), (101, true, "worker-1"));
@@ -440,7 +311,7 @@ mod tests {
 
     #[test]
     fn wrong_sizes_and_short_buffers_are_errors() {
-        let mut raw = encode::switch(1, 0, (1, 1), (2, 2), 0, true);
+        let mut raw = crate::trace::synthetic::switch(1, 0, (1, 1), (2, 2), 0, true);
         assert!(matches!(decode(&raw[..10]), Err(DecodeError::Short { .. })));
         assert!(matches!(decode(&raw[..40]), Err(DecodeError::Short { .. })));
         raw[9] = 40;
@@ -449,7 +320,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_skipped_by_their_size() {
-        let mut raw = encode::exit(1, (1, 1), false);
+        let mut raw = crate::trace::synthetic::exit(1, (1, 1), false);
         raw[8] = 200;
         assert_eq!(decode(&raw).unwrap(), Decoded::Unknown { kind: 200, size: 24 });
         raw[9] = 7;

@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! file    = header chunk*
-//! header  = magic "SCHDTRCE" | version u16 | flags u16 | info_len u32 | info_crc u32 | info
+//! header  = magic "SCHDTRCE" | version u16 | flags u16 (0) | info_len u32 | info_crc u32 | info
 //!           info: the recording's facts (`TraceInfo`) as JSON, at most MAX_INFO_LEN bytes
-//! chunk   = magic "CHNK" | kind u8 | flags u8 | reserved u16 | stored_len u32 | raw_len u32
+//! chunk   = magic "CHNK" | kind u8 | flags u8 | reserved u16 (0) | stored_len u32 | raw_len u32
 //!           | crc u32 | payload (stored_len bytes; lz4 block if flags & COMPRESSED)
-//!           crc = CRC-32 of the stored payload
+//!           crc = CRC-32 of the 16 header bytes before it and the stored payload
 //! ```
 //!
 //! All integers are little-endian. The recorder writes every chunk with one `write`, so a
@@ -83,6 +83,8 @@ pub struct TraceInfo {
     pub start_ns: u64,
     /// The command line of the recorder.
     pub command_line: Vec<String>,
+    /// The recorder's own process: left out of a system-wide recording's statistics.
+    pub recorder_pid: u32,
     /// What was traced.
     pub target: TraceTarget,
     /// Size of the kernel ring buffer in bytes.

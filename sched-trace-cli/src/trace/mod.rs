@@ -5,6 +5,7 @@
 pub mod event;
 pub mod format;
 pub mod reader;
+pub mod synthetic;
 pub mod writer;
 
 use std::{

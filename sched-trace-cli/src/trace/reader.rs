@@ -101,7 +101,7 @@ impl<R: Read> TraceReader<R> {
         }
         let mut h = &head[MAGIC.len()..];
         let version = h.get_u16_le();
-        let _flags = h.get_u16_le();
+        let flags = h.get_u16_le();
         let info_len = h.get_u32_le();
         let info_crc = h.get_u32_le();
         if version != FORMAT_VERSION {
@@ -110,6 +110,9 @@ impl<R: Read> TraceReader<R> {
                 found: version,
                 supported: FORMAT_VERSION,
             });
+        }
+        if flags != 0 {
+            return Err(corrupt(10, format!("unknown header flags {flags:#06x}")));
         }
         if info_len > MAX_INFO_LEN || FILE_HEADER_LEN as u64 + info_len as u64 > file_len {
             return Err(corrupt(
@@ -307,10 +310,13 @@ impl<R: Read> TraceReader<R> {
         let mut h = &head[4..];
         let kind = h.get_u8();
         let flags = h.get_u8();
-        let _reserved = h.get_u16_le();
+        let reserved = h.get_u16_le();
         let stored_len = h.get_u32_le();
         let raw_len = h.get_u32_le();
         let crc = h.get_u32_le();
+        if reserved != 0 {
+            return Err(self.corrupt(start, format!("chunk header has reserved bits set ({reserved:#06x})")));
+        }
         if stored_len > MAX_CHUNK_LEN || raw_len > MAX_CHUNK_LEN {
             return Err(self.corrupt(
                 start,
@@ -330,7 +336,10 @@ impl<R: Read> TraceReader<R> {
             return Ok(self.truncated(start));
         }
         self.offset = body_start + stored_len as u64;
-        if crc32fast::hash(&stored) != crc {
+        let mut check = crc32fast::Hasher::new();
+        check.update(&head[..16]);
+        check.update(&stored);
+        if check.finalize() != crc {
             return Err(self.corrupt(start, "chunk checksum mismatch".into()));
         }
         let payload = if flags & CHUNK_COMPRESSED != 0 {

@@ -89,7 +89,10 @@ impl TraceWriter {
         buf.put_u16_le(0);
         buf.put_u32_le(stored.len() as u32);
         buf.put_u32_le(payload.len() as u32);
-        buf.put_u32_le(crc32fast::hash(stored));
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&buf[buf.len() - 16..]);
+        crc.update(stored);
+        buf.put_u32_le(crc.finalize());
         buf.put_slice(stored);
         let result = self.write_raw(&buf);
         self.scratch = buf;

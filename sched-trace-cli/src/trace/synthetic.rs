@@ -1,0 +1,137 @@
+//! Builders of kernel records, for synthetic traces: tests of the decoder, the reader and every
+//! analysis, and benchmarks, without a kernel.
+
+use sched_trace_abi::*;
+
+use super::Comm;
+
+/// The bytes of an ABI record, as the kernel writes them.
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: the ABI records are repr(C) plain data without padding (their sizes are asserted
+    // to be the sums of their fields in sched-trace-abi), so every byte is initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+}
+
+/// A record header.
+pub fn header(kind: u8, size: usize, ts: u64, cpu: u16, tid: u32, pid: u32, flags: u32) -> RecordHeader {
+    RecordHeader { ts_ns: ts, kind, size: size as u8, cpu, tid, pid, flags }
+}
+
+/// `sched_switch` from `prev` to `next` (each `(tid, pid)`) on `cpu`.
+pub fn switch(
+    ts: u64,
+    cpu: u16,
+    prev: (u32, u32),
+    next: (u32, u32),
+    prev_state: u32,
+    preempt: bool,
+) -> Vec<u8> {
+    let r = SwitchRecord {
+        header: header(
+            kind::SWITCH,
+            std::mem::size_of::<SwitchRecord>(),
+            ts,
+            cpu,
+            prev.0,
+            prev.1,
+            if preempt { switch_flags::PREEMPT } else { 0 },
+        ),
+        next_tid: next.0,
+        next_pid: next.1,
+        prev_state,
+        prev_prio: 120,
+        next_prio: 120,
+        prev_vruntime: 1000,
+        next_vruntime: 2000,
+        prev_weight: 1024,
+        next_weight: 1024,
+    };
+    bytes_of(&r)
+}
+
+/// `sched_waking`/`sched_wakeup`/`sched_wakeup_new` (`k`) of `target` in `waker`'s context.
+pub fn wake(k: u8, ts: u64, cpu: u16, waker: (u32, u32), target: (u32, u32)) -> Vec<u8> {
+    let r = WakeRecord {
+        header: header(k, std::mem::size_of::<WakeRecord>(), ts, cpu, waker.0, waker.1, 0),
+        target_tid: target.0,
+        target_pid: target.1,
+        target_cpu: cpu as u32,
+        target_prio: 120,
+    };
+    bytes_of(&r)
+}
+
+/// `sched_migrate_task` of `target` from CPU `from` to `to`.
+pub fn migrate(ts: u64, cpu: u16, target: (u32, u32), from: u32, to: u32) -> Vec<u8> {
+    let r = MigrateRecord {
+        header: header(kind::MIGRATE, std::mem::size_of::<MigrateRecord>(), ts, cpu, 0, 0, 0),
+        target_tid: target.0,
+        target_pid: target.1,
+        orig_cpu: from,
+        dest_cpu: to,
+    };
+    bytes_of(&r)
+}
+
+/// `sched_process_fork`: `parent` created `child` (a thread when both share a pid).
+pub fn fork(ts: u64, parent: (u32, u32), child: (u32, u32), comm: &str) -> Vec<u8> {
+    let flags = if parent.1 == child.1 { fork_flags::THREAD } else { 0 };
+    let r = ForkRecord {
+        header: header(kind::FORK, std::mem::size_of::<ForkRecord>(), ts, 0, parent.0, parent.1, flags),
+        child_tid: child.0,
+        child_pid: child.1,
+        child_comm: Comm::new(comm).0,
+    };
+    bytes_of(&r)
+}
+
+/// `task_rename` of `task` to `comm`.
+pub fn rename(ts: u64, task: (u32, u32), comm: &str) -> Vec<u8> {
+    let r = RenameRecord {
+        header: header(kind::RENAME, std::mem::size_of::<RenameRecord>(), ts, 0, task.0, task.1, 0),
+        comm: Comm::new(comm).0,
+    };
+    bytes_of(&r)
+}
+
+/// `sched_process_exit` of `task`.
+pub fn exit(ts: u64, task: (u32, u32), group_dead: bool) -> Vec<u8> {
+    let flags = if group_dead { exit_flags::GROUP_DEAD } else { 0 };
+    bytes_of(&ExitRecord {
+        header: header(kind::EXIT, std::mem::size_of::<ExitRecord>(), ts, 0, task.0, task.1, flags),
+    })
+}
+
+/// Entry of `epoll_wait` by `task` with a timeout (-1: forever).
+pub fn epoll_enter(ts: u64, task: (u32, u32), timeout_ns: i64) -> Vec<u8> {
+    bytes_of(&EpollEnterRecord {
+        header: header(
+            kind::EPOLL_ENTER,
+            std::mem::size_of::<EpollEnterRecord>(),
+            ts,
+            0,
+            task.0,
+            task.1,
+            epoll_call::EPOLL_WAIT,
+        ),
+        epfd: 3,
+        maxevents: 8,
+        timeout_ns,
+    })
+}
+
+/// Exit of `epoll_wait` by `task` with `ret` ready events.
+pub fn epoll_exit(ts: u64, task: (u32, u32), ret: i64) -> Vec<u8> {
+    bytes_of(&EpollExitRecord {
+        header: header(
+            kind::EPOLL_EXIT,
+            std::mem::size_of::<EpollExitRecord>(),
+            ts,
+            0,
+            task.0,
+            task.1,
+            epoll_call::EPOLL_WAIT,
+        ),
+        ret,
+    })
+}
