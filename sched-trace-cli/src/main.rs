@@ -51,6 +51,10 @@ enum Command {
         /// Do not draw the live status line.
         #[arg(long)]
         quiet: bool,
+        /// Also attach the USDT probes of this executable (those of the traced command or
+        /// processes are attached anyway); repeat for several.
+        #[arg(long, value_name = "BINARY")]
+        usdt: Vec<PathBuf>,
         /// The command to start and trace.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -88,7 +92,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Record { pids, output, duration, ring_buffer_size, quiet, command } => {
+        Command::Record { pids, output, duration, ring_buffer_size, quiet, usdt, command } => {
             if !pids.is_empty() && !command.is_empty() {
                 eprintln!("error: give either --pid or a command, not both");
                 return ExitCode::from(2);
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
                 ring_buffer_bytes: ring_buffer_size,
                 status_line: !quiet,
                 command_line: std::env::args().collect(),
+                usdt_binaries: usdt,
             };
             run_record(opts)
         }
@@ -204,6 +209,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         ring_buffer_bytes: RecordOptions::DEFAULT_RING_BUFFER_BYTES,
         status_line: true,
         command_line: std::env::args().collect(),
+        usdt_binaries: Vec::new(),
     })?;
     let report = load_report(&trace)?;
     let text = report::text::render(&report, 30);

@@ -35,8 +35,13 @@ fn within(actual: u64, expected: u64, rel: f64, abs_ns: u64) -> bool {
 fn record_agrees_with_kernel_counters_and_workload() {
     let Some(_k) = kernel_probes() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("testload.trace");
-    let truth_file = dir.path().join("truth.jsonl");
+    // SCHED_TRACE_KEEP_TRACES=1 keeps the trace and the workload's log for a look after a failure.
+    let dir_path = match std::env::var_os("SCHED_TRACE_KEEP_TRACES") {
+        Some(_) => dir.keep(),
+        None => dir.path().to_path_buf(),
+    };
+    let trace = dir_path.join("testload.trace");
+    let truth_file = dir_path.join("truth.jsonl");
     let o = output(
         sched_trace()
             .args(["record", "--quiet", "-o"])
@@ -82,22 +87,28 @@ fn record_agrees_with_kernel_counters_and_workload() {
         assert_eq!(s.voluntary_switches, t.u("nvcsw"), "voluntary switches: {ctx}");
         assert_eq!(s.involuntary_switches, t.u("nivcsw"), "involuntary switches: {ctx}");
         assert_eq!(s.migrations, t.u("nr_migrations"), "migrations: {ctx}");
-        // Times: the kernel accounts with its rq clock, the trace with switch timestamps. The
-        // kernel's exec time leaves out time the hypervisor stole from the vCPU; the trace's
-        // on-CPU time (switch in to switch out) includes it.
-        // Where the kernel did not report a switch-in (tasks hidden from tracing ran on that CPU),
-        // the trace leaves the window unattributed: the kernel's figure lies inside it.
-        let (steal, gap) = (t.u("machine_steal_ns"), s.unaccounted_ns);
+        // Times. The kernel reads its rq clock once at the start of __schedule, before it picks
+        // the next task; the trace's switch timestamp comes after the pick. So every switch-in
+        // moves some microseconds from the kernel's run delay to its exec time, relative to the
+        // trace (up to 19 µs per switch was measured on this VM, under the uprobes of the
+        // ping-pong): allow 25 µs per switch. The kernel's exec time also leaves out time the
+        // hypervisor stole from the vCPU, which the trace's on-CPU time (switch in to switch out)
+        // includes. And where the kernel did not report a switch-in (tasks hidden from tracing
+        // ran on that CPU), the trace leaves the window unattributed: the kernel's figure lies
+        // inside it.
+        let switches = s.voluntary_switches + s.involuntary_switches;
+        let (steal, gap, slack) = (t.u("machine_steal_ns"), s.unaccounted_ns, 500_000 + 25_000 * switches);
         let (exec, delay) = (t.u("sum_exec_ns"), t.u("run_delay_ns"));
         assert!(
-            within(s.on_cpu_ns, exec, 0.02, 500_000)
-                || (exec + 500_000 >= s.on_cpu_ns && exec <= s.on_cpu_ns + gap + 500_000)
-                || (s.on_cpu_ns > exec && s.on_cpu_ns <= exec + steal + 500_000),
+            within(s.on_cpu_ns, exec, 0.02, slack)
+                || (exec + slack >= s.on_cpu_ns && exec <= s.on_cpu_ns + gap + slack)
+                || (s.on_cpu_ns > exec && s.on_cpu_ns <= exec + steal + slack),
             "on-CPU time: {ctx}"
         );
         assert!(
-            within(s.runqueue_ns, delay, 0.05, 1_000_000)
-                || (delay + 1_000_000 >= s.runqueue_ns && delay <= s.runqueue_ns + gap + 1_000_000),
+            within(s.runqueue_ns, delay, 0.05, slack + 500_000)
+                || (delay + slack >= s.runqueue_ns && delay <= s.runqueue_ns + gap + slack)
+                || (s.runqueue_ns > delay && s.runqueue_ns <= delay + steal + slack),
             "run-queue time: {ctx}"
         );
 
@@ -107,8 +118,8 @@ fn record_agrees_with_kernel_counters_and_workload() {
         match t.name.as_str() {
             "tl-sleeper" | "tl-child" => {
                 let requested = t.u("sleeps") * if t.name == "tl-child" { 10_000_000 } else { 5_000_000 };
-                let slept = during(|s| s.sleeping_ns);
-                assert!(slept >= requested && slept <= t.u("slept_ns"), "sleeping {slept}: {ctx}");
+                let (slept, gap) = (during(|s| s.sleeping_ns), during(|s| s.unaccounted_ns));
+                assert!(slept + gap >= requested && slept <= t.u("slept_ns"), "sleeping {slept}: {ctx}");
                 assert_eq!(during(|s| s.epoll_ns), 0, "{ctx}");
             }
             "tl-epoller" => {
@@ -131,9 +142,12 @@ fn record_agrees_with_kernel_counters_and_workload() {
                 ]
                 .into();
                 assert_eq!(calls, expect, "epoll calls of {}", t.name);
-                let in_epoll = during(|s| s.epoll_ns);
+                let (in_epoll, gap) = (during(|s| s.epoll_ns), during(|s| s.unaccounted_ns));
                 // 30 waits time out after 4 ms; 20 more end when a pipe becomes readable.
-                assert!(in_epoll >= 30 * 4_000_000 && in_epoll <= t.u("epoll_ns"), "epoll {in_epoll}: {ctx}");
+                assert!(
+                    in_epoll + gap >= 30 * 4_000_000 && in_epoll <= t.u("epoll_ns"),
+                    "epoll {in_epoll}: {ctx}"
+                );
                 assert!(during(|s| s.sleeping_ns) < 2_000_000, "epoll waits are not sleeps: {ctx}");
             }
             name if name.starts_with("tl-hog") => {
@@ -165,6 +179,31 @@ fn record_agrees_with_kernel_counters_and_workload() {
         assert_eq!(t["comm"], me.name.as_str());
         assert_eq!(t["wakers"][0]["tid"], partner.tid, "{}'s top waker: {}", me.name, t["wakers"]);
     }
+
+    // The workload's USDT probe (one per ping-pong round trip) was found and attached, and every
+    // hit arrived with its arguments, on the thread that fired it.
+    let reader = TraceReader::open(&trace).unwrap();
+    let probe = reader
+        .info()
+        .user_probes
+        .iter()
+        .find(|p| p.provider == "testload" && p.name == "round_trip")
+        .unwrap_or_else(|| panic!("probe table: {:?}", reader.info().user_probes))
+        .index;
+    let mut hits: HashMap<u32, Vec<[u64; 2]>> = HashMap::new();
+    let mut reader = reader;
+    while let Some(e) = reader.next_event().unwrap() {
+        if let EventKind::UserTask { probe: p, args } = e.kind
+            && p == probe
+        {
+            hits.entry(e.tid).or_default().push([args[0], args[1]]);
+        }
+    }
+    for (name, side) in [("tl-ping", 1), ("tl-pong", 2)] {
+        let expected: Vec<[u64; 2]> = (0..200).map(|i| [i, side]).collect();
+        assert_eq!(hits.get(&by_name(name).tid), Some(&expected), "USDT hits of {name}");
+    }
+    assert_eq!(hits.len(), 2, "no other thread fired the probe");
 
     // The forked child process was followed: it is in the report under its own PID.
     let child = truths.iter().find(|t| t.name == "tl-child").unwrap();

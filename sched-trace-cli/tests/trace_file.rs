@@ -38,6 +38,8 @@ fn info() -> TraceInfo {
         ring_buffer_bytes: 1 << 20,
         probes: vec!["raw_tracepoint:sched_switch".into()],
         task_fields: vec!["pid".into()],
+        user_probes: Vec::new(),
+        skipped_user_probes: Vec::new(),
     }
 }
 

@@ -92,6 +92,8 @@ pub mod names {
     pub const DROPS_MAP: &str = "DROPS";
     /// Per-CPU counters of submitted records, indexed by kind.
     pub const SUBMITTED_MAP: &str = "SUBMITTED";
+    /// How to read each USDT probe's arguments, indexed by probe (the uprobe's attach cookie).
+    pub const USDT_SPECS_MAP: &str = "USDT_SPECS";
     /// Set of traced process ids (tgid → 1) when the filter is on.
     pub const TRACED_PIDS_MAP: &str = "TRACED_PIDS";
 }
@@ -241,6 +243,45 @@ pub struct CpuSampleRecord {
     pub user_task: u64,
 }
 
+/// How one USDT argument is read, from its SystemTap operand (`-8@%rdi`, `4@$5`, `8@-16(%rbp)`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtArg {
+    /// One of [`usdt_arg`].
+    pub kind: u32,
+    /// Size in bytes (1, 2, 4 or 8); negative for a signed value.
+    pub size: i32,
+    /// Offset of the register in the kernel's `struct pt_regs` (from its BTF).
+    pub reg_off: u32,
+    pub _pad: u32,
+    /// The constant, or the displacement added to the register for a memory operand.
+    pub value: i64,
+}
+
+/// Kinds of [`UsdtArg`].
+pub mod usdt_arg {
+    pub const NONE: u32 = 0;
+    pub const CONST: u32 = 1;
+    pub const REG: u32 = 2;
+    pub const REG_DEREF: u32 = 3;
+}
+
+/// How to read the arguments of one USDT probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtSpec {
+    pub nargs: u32,
+    pub _pad: u32,
+    pub args: [UsdtArg; USER_TASK_ARGS],
+}
+
+/// Most USDT probes one recording attaches.
+pub const MAX_USDT_PROBES: u32 = 1024;
+
+#[cfg(feature = "aya")]
+// SAFETY: plain repr(C) data without padding, valid for any bit pattern.
+unsafe impl aya::Pod for UsdtSpec {}
+
 /// The size each kind's record has, or `None` for a kind this ABI version does not define.
 pub const fn record_size(kind: u8) -> Option<usize> {
     use core::mem::size_of;
@@ -284,6 +325,8 @@ const _: () = {
     assert!(size_of::<EpollExitRecord>() == 32);
     assert!(size_of::<UserTaskRecord>() == 72);
     assert!(size_of::<CpuSampleRecord>() == 40);
+    assert!(size_of::<UsdtArg>() == 24);
+    assert!(size_of::<UsdtSpec>() == 8 + 24 * USER_TASK_ARGS);
     let mut k = 0;
     while k < kind::COUNT as u8 {
         if let Some(s) = record_size(k) {

@@ -16,15 +16,18 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
     },
-    macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{map, raw_tracepoint, tracepoint, uprobe},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use sched_trace_abi::{
-    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, EpollEnterRecord,
+    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, usdt_arg, EpollEnterRecord,
     EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, MigrateRecord, RecordHeader,
-    RenameRecord, SwitchRecord, WakeRecord, COMM_LEN,
+    RenameRecord, SwitchRecord, UserTaskRecord, UsdtArg, UsdtSpec, WakeRecord, COMM_LEN,
+    MAX_USDT_PROBES, USER_TASK_ARGS,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -43,6 +46,9 @@ static SUBMITTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_slot::CO
 
 #[map]
 static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
+
+#[map]
+static USDT_SPECS: Array<UsdtSpec> = Array::with_max_entries(MAX_USDT_PROBES, 0);
 
 // ---------------------------------------------------------------------------------------------
 // Globals written by the loader before the programs are loaded.
@@ -512,6 +518,81 @@ pub fn sys_exit_epoll_pwait(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_epoll_pwait2(ctx: TracePointContext) -> u32 {
     epoll_exit(&ctx, epoll_call::EPOLL_PWAIT2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// USDT probes (user-level runtime events). One program serves every probe: the loader attaches
+// it at each probe's location with the probe's index as the attach cookie, and writes in
+// USDT_SPECS how that probe's arguments are read (parsed from its .note.stapsdt operands).
+
+#[uprobe]
+pub fn usdt(ctx: ProbeContext) -> u32 {
+    let (tid, pid) = current();
+    if !traced(pid) {
+        return 0;
+    }
+    let probe = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some(spec) = USDT_SPECS.get(probe) else { return 0 };
+    let mut args = [0u64; USER_TASK_ARGS];
+    let mut i = 0;
+    while i < USER_TASK_ARGS {
+        if (i as u32) < spec.nargs {
+            args[i] = usdt_arg(&ctx, &spec.args[i]);
+        }
+        i += 1;
+    }
+    emit(
+        kind::USER_TASK,
+        UserTaskRecord {
+            header: header(kind::USER_TASK, core::mem::size_of::<UserTaskRecord>(), tid, pid, 0),
+            probe,
+            _pad: 0,
+            args,
+        },
+    );
+    0
+}
+
+#[inline(always)]
+fn usdt_arg(ctx: &ProbeContext, a: &UsdtArg) -> u64 {
+    let raw: u64 = match a.kind {
+        usdt_arg::CONST => return a.value as u64,
+        usdt_arg::REG | usdt_arg::REG_DEREF => {
+            // ctx is the probed task's struct pt_regs; reg_off comes from the kernel's BTF.
+            let reg = unsafe {
+                bpf_probe_read_kernel((ctx.as_ptr() as *const u8).wrapping_add(a.reg_off as usize) as *const u64)
+            }
+            .unwrap_or(0);
+            if a.kind == usdt_arg::REG {
+                reg
+            } else {
+                let addr = reg.wrapping_add(a.value as u64);
+                unsafe {
+                    match a.size.unsigned_abs() {
+                        1 => bpf_probe_read_user(addr as *const u8).map(|v| v as u64),
+                        2 => bpf_probe_read_user(addr as *const u16).map(|v| v as u64),
+                        4 => bpf_probe_read_user(addr as *const u32).map(|v| v as u64),
+                        _ => bpf_probe_read_user(addr as *const u64),
+                    }
+                }
+                .unwrap_or(0)
+            }
+        }
+        _ => return 0,
+    };
+    // Keep the operand's size, sign-extended when it is signed.
+    let bits = match a.size.unsigned_abs() {
+        1 => 8,
+        2 => 16,
+        4 => 32,
+        _ => return raw,
+    };
+    let shift = 64 - bits;
+    if a.size < 0 {
+        (((raw << shift) as i64) >> shift) as u64
+    } else {
+        (raw << shift) >> shift
+    }
 }
 
 #[cfg(not(test))]

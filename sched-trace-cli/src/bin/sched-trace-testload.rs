@@ -94,7 +94,9 @@ fn main() {
             let mut m = start(name);
             pin_to(if ping { 1 } else { 0 });
             let mut byte = [0u8; 1];
-            for _ in 0..200 * scale {
+            for i in 0..200 * scale {
+                // A USDT probe per round trip: sched-trace attaches it when it traces this binary.
+                probe::probe!(testload, round_trip, i as isize, if ping { 1 } else { 2 });
                 if ping {
                     write_fd(&write, &byte);
                     read_fd(&read, &mut byte);

@@ -12,6 +12,8 @@ pub struct Correlation {
     pub info: TraceInfo,
     pub tables: TraceTables,
     pub threads: Vec<ThreadStats>,
+    /// Hits per user-level probe (index into `info.user_probes`).
+    pub user_probe_hits: std::collections::BTreeMap<u32, u64>,
     /// First and last event timestamps.
     pub first_ts: u64,
     pub last_ts: u64,
@@ -30,8 +32,12 @@ pub fn scope_of(info: &TraceInfo) -> Scope {
 pub fn correlate<R: std::io::Read>(mut reader: TraceReader<R>) -> Result<Correlation, TraceError> {
     let mut tracker = ThreadTracker::new(scope_of(reader.info()));
     let mut first_ts = None;
+    let mut user_probe_hits = std::collections::BTreeMap::new();
     while let Some(e) = reader.next_event()? {
         first_ts.get_or_insert(e.ts);
+        if let crate::trace::EventKind::UserTask { probe, .. } = e.kind {
+            *user_probe_hits.entry(probe).or_default() += 1;
+        }
         tracker.event(&e);
     }
     let info = reader.info().clone();
@@ -39,6 +45,7 @@ pub fn correlate<R: std::io::Read>(mut reader: TraceReader<R>) -> Result<Correla
     let last_ts = tables.last_ts;
     Ok(Correlation {
         threads: tracker.finish(last_ts),
+        user_probe_hits,
         first_ts: first_ts.unwrap_or(info.start_ns),
         last_ts,
         info,

@@ -81,6 +81,13 @@ impl KernelBtf {
         })
     }
 
+    /// Offset of field `field` of `struct pt_regs` (for reading USDT operands from registers).
+    pub fn pt_regs_offset(&self, field: &str) -> Result<u32, RecordError> {
+        let regs = self.struct_named("pt_regs")?;
+        self.member_offset(&regs, field)
+            .ok_or_else(|| RecordError::Btf { what: format!("struct pt_regs has no field `{field}`") })
+    }
+
     /// Checks that raw tracepoint `name` has the prototype the probes read (`params`, after the
     /// leading `void *`), in the notation of [`Self::describe`].
     pub fn check_tracepoint(&self, name: &str, params: &[&str]) -> Result<(), RecordError> {

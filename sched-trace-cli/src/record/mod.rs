@@ -12,11 +12,12 @@ pub mod procfs;
 pub mod sink;
 pub mod target;
 pub mod tracefs;
+pub mod usdt;
 
 use std::{
     ffi::OsString,
     io::{IsTerminal, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -94,6 +95,8 @@ pub enum RecordError {
     },
     #[error(transparent)]
     Trace(#[from] TraceError),
+    #[error(transparent)]
+    Usdt(#[from] usdt::UsdtError),
 }
 
 /// What to record and where.
@@ -112,6 +115,8 @@ pub struct RecordOptions {
     pub status_line: bool,
     /// The recorder's command line, stored in the trace.
     pub command_line: Vec<String>,
+    /// Executables whose USDT probes to attach, besides those of the traced command or PIDs.
+    pub usdt_binaries: Vec<PathBuf>,
 }
 
 impl RecordOptions {
@@ -198,8 +203,19 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     };
     let filter_pids: Vec<u32> = command.as_ref().map(|c| vec![c.pid()]).unwrap_or_else(|| opts.pids.clone());
 
+    // User-level probes of the traced executables.
+    let mut binaries: Vec<PathBuf> = command.iter().map(|c| c.program().to_path_buf()).collect();
+    binaries.extend(opts.pids.iter().filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()));
+    binaries.extend(opts.usdt_binaries.iter().cloned());
+    let usdt = UsdtPlan::find(&binaries, &kernel)?;
+    for skipped in &usdt.skipped {
+        eprintln!("sched-trace: warning: {skipped}");
+    }
+
     // The file first: an unwritable path fails before anything is loaded into the kernel.
-    let info = trace_info(&opts, target, &kernel);
+    let mut info = trace_info(&opts, target, &kernel);
+    info.user_probes = usdt.table.clone();
+    info.skipped_user_probes = usdt.skipped.clone();
     let start_ns = info.start_ns;
     let system_wide = matches!(info.target, TraceTarget::SystemWide);
     let writer = TraceWriter::create(&opts.output, &info)?;
@@ -221,6 +237,10 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let ring = probes.take_events()?;
     let counters = probes.take_counters()?;
     probes.attach_all()?;
+    for (probe, spec) in usdt.table.iter().zip(&usdt.specs) {
+        let label = format!("{}:{}", probe.provider, probe.name);
+        probes.attach_usdt(probe.index, Path::new(&probe.binary), probe.file_offset, *spec, &label)?;
+    }
     // SAFETY: the ring buffer owns its fd, which stays open and unchanged while the AsyncFd
     // owns the ring buffer.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -322,6 +342,8 @@ fn check_preconditions(opts: &RecordOptions) -> Result<(), RecordError> {
 struct KernelFacts {
     task: kernel_btf::TaskOffsets,
     epoll: EpollOffsets,
+    /// Offsets of the `struct pt_regs` fields USDT operands name.
+    pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
 }
 
 impl KernelFacts {
@@ -331,7 +353,61 @@ impl KernelFacts {
         for (tp, params) in probes::RAW_TRACEPOINT_PROTOTYPES {
             btf.check_tracepoint(tp, params)?;
         }
-        Ok(KernelFacts { task: btf.task_offsets()?, epoll: epoll_offsets(&tracefs_root)? })
+        let pt_regs = usdt::PT_REGS_FIELDS
+            .iter()
+            .map(|f| Ok((*f, btf.pt_regs_offset(f)?)))
+            .collect::<Result<_, RecordError>>()?;
+        Ok(KernelFacts { task: btf.task_offsets()?, epoll: epoll_offsets(&tracefs_root)?, pt_regs })
+    }
+}
+
+/// The USDT probes a recording attaches: the trace's probe table and the kernel's read specs.
+struct UsdtPlan {
+    table: Vec<crate::trace::UserProbe>,
+    specs: Vec<sched_trace_abi::UsdtSpec>,
+    /// Probes that cannot be attached, and why.
+    skipped: Vec<String>,
+}
+
+impl UsdtPlan {
+    fn find(binaries: &[PathBuf], kernel: &KernelFacts) -> Result<Self, RecordError> {
+        let mut plan = UsdtPlan { table: Vec::new(), specs: Vec::new(), skipped: Vec::new() };
+        let mut seen = std::collections::HashSet::new();
+        for binary in binaries {
+            let binary = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.clone());
+            if !seen.insert(binary.clone()) {
+                continue;
+            }
+            for p in usdt::read_probes(&binary)? {
+                let label = format!("USDT probe {}:{} in {}", p.provider, p.name, binary.display());
+                if p.semaphore != 0 {
+                    plan.skipped
+                        .push(format!("{label} is guarded by a semaphore, which sched-trace does not set"));
+                    continue;
+                }
+                let spec = usdt::parse_args(&p.arg_string).map_err(|e| e.to_string()).and_then(|args| {
+                    usdt::kernel_spec(&args, |r| kernel.pt_regs.get(r).copied()).map_err(str::to_string)
+                });
+                match spec {
+                    Ok(spec) if plan.table.len() < sched_trace_abi::MAX_USDT_PROBES as usize => {
+                        plan.table.push(crate::trace::UserProbe {
+                            index: plan.table.len() as u32,
+                            binary: binary.display().to_string(),
+                            provider: p.provider,
+                            name: p.name,
+                            file_offset: p.file_offset,
+                            args: p.arg_string,
+                        });
+                        plan.specs.push(spec);
+                    }
+                    Ok(_) => plan
+                        .skipped
+                        .push(format!("{label}: more than {} probes", sched_trace_abi::MAX_USDT_PROBES)),
+                    Err(why) => plan.skipped.push(format!("{label}: {why}")),
+                }
+            }
+        }
+        Ok(plan)
     }
 }
 
@@ -356,6 +432,8 @@ fn trace_info(opts: &RecordOptions, target: TraceTarget, kernel: &KernelFacts) -
         ring_buffer_bytes: opts.ring_buffer_bytes as u64,
         probes: probes::attach_points(),
         task_fields: kernel.task.available(),
+        user_probes: Vec::new(),
+        skipped_user_probes: Vec::new(),
     }
 }
 

@@ -4,12 +4,17 @@
 //! (aya's `ProgramError::LoadError` carries it). Links live in the [`Probes`] value: dropping it
 //! detaches everything, on every exit path.
 
+use std::path::Path;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        ProgramError, RawTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
-use sched_trace_abi::names;
+use sched_trace_abi::{MAX_USDT_PROBES, UsdtSpec, names};
 
 use super::{RecordError, kernel_btf::TaskOffsets};
 use crate::trace::DropCounters;
@@ -45,6 +50,9 @@ const PROGRAMS: &[(&str, AttachPoint)] = &[
     ("sys_exit_epoll_pwait", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_pwait")),
     ("sys_exit_epoll_pwait2", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_pwait2")),
 ];
+
+/// The program every USDT probe attaches (with its index as the attach cookie).
+const USDT_PROGRAM: &str = "usdt";
 
 /// The raw tracepoint prototypes the programs read (after the context pointer).
 pub const RAW_TRACEPOINT_PROTOTYPES: &[(&str, &[&str])] = &[
@@ -140,6 +148,14 @@ impl Probes {
     }
 
     fn load_programs(&mut self) -> Result<(), RecordError> {
+        let usdt = self.bpf.program_mut(USDT_PROGRAM).ok_or_else(|| RecordError::Probe {
+            what: format!("program {USDT_PROGRAM} is missing from the probes' object"),
+            source: Box::new(ProgramError::NotLoaded),
+        })?;
+        <&mut UProbe>::try_from(usdt).and_then(|p| p.load()).map_err(|e| RecordError::Probe {
+            what: format!("the kernel rejected program {USDT_PROGRAM}"),
+            source: Box::new(e),
+        })?;
         for &(name, point) in PROGRAMS {
             let program = self.bpf.program_mut(name).ok_or_else(|| RecordError::Probe {
                 what: format!("program {name} is missing from the probes' object"),
@@ -197,6 +213,43 @@ impl Probes {
             })?;
         }
         Ok(())
+    }
+
+    /// Attaches the USDT program to probe `index` of `binary` at `file_offset`, reading its
+    /// arguments as `spec` says. It fires in any process running `binary` that the filter traces.
+    pub fn attach_usdt(
+        &mut self,
+        index: u32,
+        binary: &Path,
+        file_offset: u64,
+        spec: UsdtSpec,
+        label: &str,
+    ) -> Result<(), RecordError> {
+        if index >= MAX_USDT_PROBES {
+            return Err(RecordError::Probe {
+                what: format!("too many USDT probes (at most {MAX_USDT_PROBES}); {label} is not attached"),
+                source: Box::new(ProgramError::NotLoaded),
+            });
+        }
+        let map =
+            self.bpf.map_mut(names::USDT_SPECS_MAP).ok_or_else(|| missing_map(names::USDT_SPECS_MAP))?;
+        let mut specs: Array<_, UsdtSpec> =
+            Array::try_from(map).map_err(|e| map_error(names::USDT_SPECS_MAP, e))?;
+        specs.set(index, spec, 0).map_err(|e| map_error(names::USDT_SPECS_MAP, e))?;
+        let program = self.bpf.program_mut(USDT_PROGRAM).ok_or_else(|| missing_map(USDT_PROGRAM))?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: Some(index as u64),
+        };
+        <&mut UProbe>::try_from(program)
+            .and_then(|p| p.attach(point, binary, UProbeScope::AllProcesses).map(drop))
+            .map_err(|e| RecordError::Probe {
+                what: format!(
+                    "attaching to USDT probe {label} in {} at offset {file_offset:#x}",
+                    binary.display()
+                ),
+                source: Box::new(e),
+            })
     }
 
     /// Takes the ring buffer out (it outlives the programs, for the final drain).

@@ -45,6 +45,8 @@ impl std::fmt::Display for ExitStatus {
 pub struct LaunchedCommand {
     pid: u32,
     argv: Vec<String>,
+    /// The executable, resolved through PATH.
+    program: PathBuf,
     /// Write end of the pipe the child waits on.
     go: Option<OwnedFd>,
     /// Read end of the pipe through which the child reports a failed exec (errno).
@@ -107,6 +109,7 @@ impl LaunchedCommand {
         Ok(LaunchedCommand {
             pid,
             argv: display,
+            program: path,
             go: Some(go_write),
             exec_error: Some(err_read),
             exit,
@@ -120,6 +123,11 @@ impl LaunchedCommand {
 
     pub fn argv(&self) -> &[String] {
         &self.argv
+    }
+
+    /// The executable the child will run.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// Lets the child exec. Fails if the exec itself failed.

@@ -24,6 +24,16 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
     /// Threads, by on-CPU time.
     pub threads: Vec<ThreadReport>,
+    /// User-level (USDT) probes attached, with their hits.
+    pub user_probes: Vec<UserProbeReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserProbeReport {
+    pub provider: String,
+    pub name: String,
+    pub binary: String,
+    pub hits: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -258,7 +268,17 @@ impl Report {
             missed_switch_ins: c.threads.iter().map(|t| t.missed_switch_ins).sum(),
             unaccounted_ns: c.threads.iter().map(|t| t.unaccounted_ns).sum(),
         };
-        Report { trace, lost, processes, threads }
+        let user_probes = info
+            .user_probes
+            .iter()
+            .map(|p| UserProbeReport {
+                provider: p.provider.clone(),
+                name: p.name.clone(),
+                binary: p.binary.clone(),
+                hits: c.user_probe_hits.get(&p.index).copied().unwrap_or(0),
+            })
+            .collect();
+        Report { trace, lost, processes, threads, user_probes }
     }
 }
 

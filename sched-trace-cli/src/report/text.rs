@@ -52,6 +52,21 @@ pub fn render(report: &Report, limit: usize) -> String {
         ));
     }
     table(&mut out, &rows);
+    if !report.user_probes.is_empty() {
+        // One line per probe name (a probe can have several sites).
+        let mut hits: std::collections::BTreeMap<String, (u64, usize)> = Default::default();
+        for p in &report.user_probes {
+            let e = hits.entry(format!("{}:{}", p.provider, p.name)).or_default();
+            e.0 += p.hits;
+            e.1 += 1;
+        }
+        let _ = writeln!(out, "\nUser-level probes (USDT)");
+        let mut rows = vec![vec!["".to_string(), "PROBE".into(), "SITES".into(), "HITS".into()]];
+        for (name, (n, sites)) in hits {
+            rows.push(vec![String::new(), name, sites.to_string(), count(n)]);
+        }
+        table(&mut out, &rows);
+    }
     let _ = writeln!(
         out,
         "\nRUNQ: waiting for a CPU after a wake-up or preemption; LAT: run-queue latency \

@@ -93,6 +93,23 @@ pub struct TraceInfo {
     pub probes: Vec<String>,
     /// `task_struct` fields the kernel exposed (those not listed are recorded as 0).
     pub task_fields: Vec<String>,
+    /// User-level probes (USDT) attached; a user-task record names one by its index.
+    pub user_probes: Vec<UserProbe>,
+    /// User-level probes found but not attached, and why.
+    pub skipped_user_probes: Vec<String>,
+}
+
+/// A user-level probe in a trace's probe table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProbe {
+    /// Index carried by its records (`UserTaskRecord::probe`).
+    pub index: u32,
+    pub binary: String,
+    pub provider: String,
+    pub name: String,
+    pub file_offset: u64,
+    /// The probe's operands, as its note wrote them.
+    pub args: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

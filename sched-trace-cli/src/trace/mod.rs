@@ -17,7 +17,7 @@ use std::{
 use sched_trace_abi::{drop_slot, kind};
 
 pub use event::{Comm, Event, EventKind};
-pub use format::{EndInfo, TaskEntry, TaskSource, TraceInfo, TraceTarget};
+pub use format::{EndInfo, TaskEntry, TaskSource, TraceInfo, TraceTarget, UserProbe};
 pub use reader::{TraceReader, TraceTables, Truncation};
 pub use writer::TraceWriter;
 
