@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 
 use sched_trace::{
-    correlate::ThreadStats,
+    correlate::{IRQ_WAKER, ThreadStats},
     trace::{EventKind, TraceReader},
 };
 use serde_json::Value;
@@ -118,6 +118,9 @@ fn record_agrees_with_kernel_counters_and_workload() {
         match t.name.as_str() {
             "tl-sleeper" | "tl-child" => {
                 let requested = t.u("sleeps") * if t.name == "tl-child" { 10_000_000 } else { 5_000_000 };
+                // Every sleep ended with a timer interrupt, not with whatever task it interrupted.
+                let by_irq = |s: &ThreadStats| s.wakers.get(&IRQ_WAKER).copied().unwrap_or(0);
+                assert_eq!(by_irq(&end) - by_irq(&start), t.u("sleeps"), "woken from interrupts: {ctx}");
                 let (slept, gap) = (during(|s| s.sleeping_ns), during(|s| s.unaccounted_ns));
                 assert!(slept + gap >= requested && slept <= t.u("slept_ns"), "sleeping {slept}: {ctx}");
                 assert_eq!(during(|s| s.epoll_ns), 0, "{ctx}");

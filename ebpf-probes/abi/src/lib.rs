@@ -54,6 +54,15 @@ pub mod switch_flags {
     pub const PREEMPT: u32 = 1;
 }
 
+/// Bits of [`RecordHeader::flags`] for [`kind::WAKING`].
+pub mod waking_flags {
+    /// The wake-up ran on an interrupt stack (a timer, a device): the current task was only
+    /// interrupted, it is not the waker.
+    pub const IN_IRQ: u32 = 1;
+    /// Whether the kernel stack could be checked (the `task_struct.stack` offset is known).
+    pub const CONTEXT_KNOWN: u32 = 2;
+}
+
 /// Bits of [`RecordHeader::flags`] for [`kind::FORK`].
 pub mod fork_flags {
     /// The child is a thread of the parent's process (CLONE_THREAD), not a new process.

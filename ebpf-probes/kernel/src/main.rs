@@ -14,9 +14,9 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
+        generated::{bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -24,7 +24,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sched_trace_abi::{
-    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, usdt_arg, EpollEnterRecord,
+    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, usdt_arg, waking_flags, EpollEnterRecord,
     EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, MigrateRecord, RecordHeader,
     RenameRecord, SwitchRecord, UserTaskRecord, UsdtArg, UsdtSpec, WakeRecord, COMM_LEN,
     MAX_USDT_PROBES, USER_TASK_ARGS,
@@ -79,6 +79,12 @@ static TASK_CPU: u32 = u32::MAX;
 static TASK_VRUNTIME: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static TASK_WEIGHT: u32 = u32::MAX;
+/// `task_struct.stack`: the base of the task's kernel stack.
+#[unsafe(no_mangle)]
+static TASK_STACK: u32 = u32::MAX;
+/// `pt_regs.orig_ax`: the syscall number for a syscall, negative for an interrupt.
+#[unsafe(no_mangle)]
+static PT_REGS_ORIG_AX: u32 = u32::MAX;
 
 /// Offsets of the fields of the epoll syscall tracepoints, from their tracefs `format` files.
 #[unsafe(no_mangle)]
@@ -242,6 +248,44 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Largest kernel stack (THREAD_SIZE) of x86-64 kernels, KASAN builds included.
+const MAX_THREAD_SIZE: u64 = 32 << 10;
+
+/// Whether the probe fired in interrupt context (the current task was only interrupted) or in
+/// the current task's own doing.
+///
+/// An interrupt that arrives in kernel mode runs on the CPU's interrupt stack; a raw
+/// tracepoint's argument array lives on the stack of the kernel code that fired it, so its
+/// address tells which stack that was. (The program's own frame does not: tracing programs may
+/// run on a private per-CPU stack.) An interrupt that arrives in user mode runs on the task's
+/// stack, above the user registers saved at entry, whose `orig_ax` is then negative (it holds
+/// the syscall number when the task entered with a syscall).
+#[inline(always)]
+fn context_flags(ctx: &RawTracePointContext) -> u32 {
+    let (stack_off, orig_ax_off) = (global(&TASK_STACK), global(&PT_REGS_ORIG_AX));
+    if stack_off == u32::MAX || orig_ax_off == u32::MAX {
+        return 0;
+    }
+    let base = Task(unsafe { bpf_get_current_task() }).field::<u64>(stack_off);
+    if base == 0 {
+        return 0;
+    }
+    let pointer = ctx.as_ptr() as u64;
+    // The verifier does no arithmetic on context pointers; copying the pointer through the
+    // probe-read helper turns it into a plain number.
+    let args = unsafe { bpf_probe_read_kernel(&pointer as *const u64) }.unwrap_or(0);
+    if args.wrapping_sub(base) >= MAX_THREAD_SIZE {
+        return waking_flags::CONTEXT_KNOWN | waking_flags::IN_IRQ;
+    }
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let orig_ax = Task(regs).field::<i64>(orig_ax_off);
+    if orig_ax < 0 {
+        waking_flags::CONTEXT_KNOWN | waking_flags::IN_IRQ
+    } else {
+        waking_flags::CONTEXT_KNOWN
+    }
+}
+
 #[inline(always)]
 fn wake(ctx: &RawTracePointContext, kind: u8) -> i32 {
     let p = Task(ctx.arg(0));
@@ -250,10 +294,11 @@ fn wake(ctx: &RawTracePointContext, kind: u8) -> i32 {
         return 0;
     }
     let (tid, pid) = current();
+    let flags = if kind == kind::WAKING { context_flags(ctx) } else { 0 };
     emit(
         kind,
         WakeRecord {
-            header: header(kind, core::mem::size_of::<WakeRecord>(), tid, pid, 0),
+            header: header(kind, core::mem::size_of::<WakeRecord>(), tid, pid, flags),
             target_tid: p.tid(),
             target_pid,
             target_cpu: p.cpu(),

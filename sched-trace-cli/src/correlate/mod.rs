@@ -4,7 +4,7 @@
 pub mod threads;
 
 use crate::trace::{TraceError, TraceInfo, TraceReader, TraceTables, TraceTarget};
-pub use threads::{OffCpu, Scope, ThreadStats, ThreadTracker};
+pub use threads::{IRQ_WAKER, OffCpu, Scope, ThreadStats, ThreadTracker};
 
 /// Everything the analyses know about one trace.
 #[derive(Debug)]

@@ -32,6 +32,9 @@ pub mod task_state {
     pub const NOLOAD: u32 = 0x0400;
 }
 
+/// The waker recorded for wake-ups that ran in interrupt context.
+pub const IRQ_WAKER: u32 = u32::MAX;
+
 /// Why a thread is off CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -193,7 +196,10 @@ impl ThreadTracker {
         match e.kind {
             EventKind::Switch(s) => self.switch(e, &s),
             EventKind::Waking(w) if self.in_scope(w.tid, w.pid) => {
-                self.thread(w.tid, w.pid, e.ts).pending_waker = Some(e.tid);
+                // A wake-up in interrupt context (a timer, a device) is not the interrupted
+                // task's doing.
+                let waker = if w.in_irq == Some(true) { IRQ_WAKER } else { e.tid };
+                self.thread(w.tid, w.pid, e.ts).pending_waker = Some(waker);
             }
             EventKind::Wakeup(w) | EventKind::WakeupNew(w) if self.in_scope(w.tid, w.pid) => {
                 let new = matches!(e.kind, EventKind::WakeupNew(_));
@@ -354,7 +360,7 @@ mod tests {
     }
 
     fn wake(ts: u64, waker: (u32, u32), target: u32) -> Vec<Event> {
-        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120 };
+        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120, in_irq: Some(false) };
         vec![
             ev(ts, 1, waker.0, waker.1, EventKind::Waking(w)),
             ev(ts, 1, waker.0, waker.1, EventKind::Wakeup(w)),

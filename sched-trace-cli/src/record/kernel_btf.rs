@@ -23,15 +23,20 @@ pub struct TaskOffsets {
     pub cpu: Option<u32>,
     pub vruntime: Option<u32>,
     pub weight: Option<u32>,
+    /// `task_struct.stack`, the base of the kernel stack (tells interrupt context apart).
+    pub stack: Option<u32>,
 }
 
 impl TaskOffsets {
     /// Names of the optional fields that were found.
     pub fn available(&self) -> Vec<String> {
         let mut v = vec!["pid".into(), "tgid".into(), "prio".into(), "comm".into()];
-        for (name, off) in
-            [("cpu", self.cpu), ("se.vruntime", self.vruntime), ("se.load.weight", self.weight)]
-        {
+        for (name, off) in [
+            ("cpu", self.cpu),
+            ("se.vruntime", self.vruntime),
+            ("se.load.weight", self.weight),
+            ("stack", self.stack),
+        ] {
             if off.is_some() {
                 v.push(name.to_string());
             }
@@ -78,6 +83,7 @@ impl KernelBtf {
             cpu: self.member_offset(&task, "thread_info.cpu").or_else(|| self.member_offset(&task, "cpu")),
             vruntime: self.member_offset(&task, "se.vruntime"),
             weight: self.member_offset(&task, "se.load.weight"),
+            stack: self.member_offset(&task, "stack"),
         })
     }
 

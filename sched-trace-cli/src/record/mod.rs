@@ -228,6 +228,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         ring_buffer_bytes: opts.ring_buffer_bytes,
         filter_table_entries: 16384,
         task: kernel.task,
+        orig_ax: kernel.orig_ax,
         epoll: kernel.epoll,
     };
     let mut probes = Probes::load(&config)?;
@@ -344,6 +345,8 @@ struct KernelFacts {
     epoll: EpollOffsets,
     /// Offsets of the `struct pt_regs` fields USDT operands name.
     pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
+    /// Offset of `pt_regs.orig_ax` (tells interrupts from syscalls).
+    orig_ax: Option<u32>,
 }
 
 impl KernelFacts {
@@ -357,7 +360,8 @@ impl KernelFacts {
             .iter()
             .map(|f| Ok((*f, btf.pt_regs_offset(f)?)))
             .collect::<Result<_, RecordError>>()?;
-        Ok(KernelFacts { task: btf.task_offsets()?, epoll: epoll_offsets(&tracefs_root)?, pt_regs })
+        let orig_ax = btf.pt_regs_offset("orig_ax").ok();
+        Ok(KernelFacts { task: btf.task_offsets()?, epoll: epoll_offsets(&tracefs_root)?, pt_regs, orig_ax })
     }
 }
 

@@ -88,6 +88,8 @@ pub struct ProbeConfig {
     pub ring_buffer_bytes: u32,
     pub filter_table_entries: u32,
     pub task: TaskOffsets,
+    /// Offset of `pt_regs.orig_ax`, if known.
+    pub orig_ax: Option<u32>,
     pub epoll: EpollOffsets,
 }
 
@@ -120,6 +122,8 @@ impl Probes {
         let cpu = config.task.cpu.unwrap_or(none);
         let vruntime = config.task.vruntime.unwrap_or(none);
         let weight = config.task.weight.unwrap_or(none);
+        let stack = config.task.stack.unwrap_or(none);
+        let orig_ax = config.orig_ax.unwrap_or(none);
         let bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS_MAP, config.ring_buffer_bytes)
             .map_max_entries(names::TRACED_PIDS_MAP, config.filter_table_entries)
@@ -133,6 +137,8 @@ impl Probes {
             .override_global("TASK_CPU", &cpu, true)
             .override_global("TASK_VRUNTIME", &vruntime, true)
             .override_global("TASK_WEIGHT", &weight, true)
+            .override_global("TASK_STACK", &stack, true)
+            .override_global("PT_REGS_ORIG_AX", &orig_ax, true)
             .override_global("EPOLL_EPFD", &config.epoll.epfd, true)
             .override_global("EPOLL_MAXEVENTS", &config.epoll.maxevents, true)
             .override_global("EPOLL_TIMEOUT", &config.epoll.timeout, true)

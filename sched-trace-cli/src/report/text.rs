@@ -48,7 +48,10 @@ pub fn render(report: &Report, limit: usize) -> String {
             t.switches.voluntary,
             t.switches.involuntary,
             t.migrations,
-            t.wakers.first().map(|w| format!("{}/{} ({})", w.comm, w.tid, count(w.count))),
+            t.wakers.first().map(|w| match w.tid {
+                crate::correlate::IRQ_WAKER => format!("{} ({})", w.comm, count(w.count)),
+                tid => format!("{}/{tid} ({})", w.comm, count(w.count)),
+            }),
         ));
     }
     table(&mut out, &rows);

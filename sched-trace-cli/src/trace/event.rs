@@ -9,7 +9,7 @@ use std::{fmt, mem::offset_of};
 use bytes::Buf;
 use sched_trace_abi::{
     self as abi, COMM_LEN, RecordHeader, USER_TASK_ARGS, epoll_call, exit_flags, fork_flags, kind,
-    switch_flags,
+    switch_flags, waking_flags,
 };
 use serde::{Serialize, Serializer};
 
@@ -66,6 +66,9 @@ pub struct Wake {
     pub pid: u32,
     pub cpu: u32,
     pub prio: i32,
+    /// For `sched_waking`: whether the wake-up ran on an interrupt stack, so that the current
+    /// task was merely interrupted (`None`: not known).
+    pub in_irq: Option<bool>,
 }
 
 /// One decoded record. `tid`/`pid` are the thread in whose context the probe fired (the outgoing
@@ -185,8 +188,14 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             next_weight: b.get_u32_le(),
         }),
         kind::WAKING | kind::WAKEUP | kind::WAKEUP_NEW => {
-            let w =
-                Wake { tid: b.get_u32_le(), pid: b.get_u32_le(), cpu: b.get_u32_le(), prio: b.get_i32_le() };
+            let w = Wake {
+                tid: b.get_u32_le(),
+                pid: b.get_u32_le(),
+                cpu: b.get_u32_le(),
+                prio: b.get_i32_le(),
+                in_irq: (flags & waking_flags::CONTEXT_KNOWN != 0)
+                    .then_some(flags & waking_flags::IN_IRQ != 0),
+            };
             match k {
                 kind::WAKING => EventKind::Waking(w),
                 kind::WAKEUP => EventKind::Wakeup(w),

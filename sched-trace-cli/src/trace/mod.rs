@@ -170,6 +170,9 @@ impl TaskNames {
         if tid == 0 {
             return "[idle]".into();
         }
+        if tid == u32::MAX {
+            return "[irq]".into(); // correlate::IRQ_WAKER
+        }
         match self.last(tid) {
             Some((c, _)) if !c.is_empty() => c.to_string(),
             _ => "?".into(),
