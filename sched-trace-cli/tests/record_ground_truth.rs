@@ -118,9 +118,15 @@ fn record_agrees_with_kernel_counters_and_workload() {
         match t.name.as_str() {
             "tl-sleeper" | "tl-child" => {
                 let requested = t.u("sleeps") * if t.name == "tl-child" { 10_000_000 } else { 5_000_000 };
-                // Every sleep ended with a timer interrupt, not with whatever task it interrupted.
+                // Every sleep ended with a timer interrupt, not with whatever task it interrupted
+                // (but the wake-ups that ran while a task hidden from tracing was current are
+                // missing, as their thread's switch-in is).
                 let by_irq = |s: &ThreadStats| s.wakers.get(&IRQ_WAKER).copied().unwrap_or(0);
-                assert_eq!(by_irq(&end) - by_irq(&start), t.u("sleeps"), "woken from interrupts: {ctx}");
+                let (irq, hidden) = (by_irq(&end) - by_irq(&start), during(|s| s.missed_switch_ins));
+                assert!(
+                    irq <= t.u("sleeps") && irq + hidden >= t.u("sleeps"),
+                    "woken from interrupts {irq}: {ctx}"
+                );
                 let (slept, gap) = (during(|s| s.sleeping_ns), during(|s| s.unaccounted_ns));
                 assert!(slept + gap >= requested && slept <= t.u("slept_ns"), "sleeping {slept}: {ctx}");
                 assert_eq!(during(|s| s.epoll_ns), 0, "{ctx}");
@@ -154,7 +160,7 @@ fn record_agrees_with_kernel_counters_and_workload() {
                 assert!(during(|s| s.sleeping_ns) < 2_000_000, "epoll waits are not sleeps: {ctx}");
             }
             name if name.starts_with("tl-hog") => {
-                assert!(s.involuntary_switches >= 10, "three hogs on one CPU preempt each other: {ctx}");
+                assert!(s.involuntary_switches >= 3, "hogs sharing one CPU get preempted: {ctx}");
                 assert!(s.latencies_ns.len() as u64 >= s.involuntary_switches, "{ctx}");
             }
             _ => {}
