@@ -75,8 +75,10 @@ enum Command {
         /// Directory for the trace and the report.
         #[arg(short, long, default_value = "demo-out")]
         output: PathBuf,
-        /// Workload: `threads` (sleeps, epoll waits, a ping-pong and CPU hogs on threads).
-        #[arg(long, default_value = "threads")]
+        /// Workload on the built-in reference runtime: pingpong, netpoll, imbalance,
+        /// cfs-contention, blocking-syscall or mixed; or `threads` (plain threads: sleeps, epoll
+        /// waits, a ping-pong and CPU hogs).
+        #[arg(long, default_value = "mixed")]
         workload: String,
     },
     /// Print a trace's events, one per line, in timestamp order.
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
                 output,
                 pids,
                 command,
+                command_env: Vec::new(),
                 duration,
                 ring_buffer_bytes: ring_buffer_size,
                 status_line: !quiet,
@@ -184,27 +187,43 @@ fn run_report(file: &Path, json: bool, limit: usize) -> Result<()> {
     }
 }
 
-/// Records a workload and writes `demo.trace`, `report.txt` and `report.json` into `dir`.
+/// The reference runtime's workloads (`refrt list`).
+const RUNTIME_WORKLOADS: &[&str] =
+    &["pingpong", "netpoll", "imbalance", "cfs-contention", "blocking-syscall", "mixed"];
+
+/// Records a workload and writes `demo.trace`, the workload's own ground-truth log,
+/// `report.txt` and `report.json` into `dir`.
 fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
-    let command: Vec<OsString> = match workload {
-        "threads" => {
-            let exe = std::env::current_exe().context("locating the sched-trace binary")?;
-            let testload = exe.with_file_name("sched-trace-testload");
-            anyhow::ensure!(
-                testload.exists(),
-                "the demo workload {} is missing (build it with `cargo build --bins`)",
-                testload.display()
-            );
-            vec![testload.into(), "--ground-truth".into(), dir.join("ground-truth.jsonl").into()]
-        }
-        other => anyhow::bail!("unknown workload `{other}` (available: threads)"),
-    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let (binary, mut args, ground_truth) = if workload == "threads" {
+        ("sched-trace-testload", vec![OsString::from("--ground-truth")], dir.join("ground-truth.jsonl"))
+    } else if RUNTIME_WORKLOADS.contains(&workload) {
+        ("refrt", vec![OsString::from(workload)], dir.join("ground-truth.log"))
+    } else {
+        anyhow::bail!("unknown workload `{workload}` (available: {}, threads)", RUNTIME_WORKLOADS.join(", "));
+    };
+    let exe = std::env::current_exe().context("locating the sched-trace binary")?;
+    let program = exe.with_file_name(binary);
+    anyhow::ensure!(
+        program.exists(),
+        "the demo workload {} is missing (it is built next to sched-trace by `cargo build --bins`)",
+        program.display()
+    );
+    let mut command_env = Vec::new();
+    if workload == "threads" {
+        args.push(ground_truth.clone().into());
+    } else {
+        command_env.push(("REFRUNTIME_GROUND_TRUTH".into(), ground_truth.clone().into()));
+    }
+    let mut command = vec![program.into_os_string()];
+    command.extend(args);
     let trace = dir.join("demo.trace");
     let code = run_record(RecordOptions {
         output: trace.clone(),
         pids: Vec::new(),
         command,
+        command_env,
         duration: None,
         ring_buffer_bytes: RecordOptions::DEFAULT_RING_BUFFER_BYTES,
         status_line: true,
@@ -219,7 +238,13 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
     let body = serde_json::to_vec_pretty(&report).context("encoding the report")?;
     std::fs::write(&json, body).with_context(|| format!("writing {}", json.display()))?;
     print!("{text}");
-    eprintln!("sched-trace demo: wrote {}, {} and {}", trace.display(), txt.display(), json.display());
+    eprintln!(
+        "sched-trace demo: wrote {}, {}, {} and the workload's own log {}",
+        trace.display(),
+        txt.display(),
+        json.display(),
+        ground_truth.display()
+    );
     Ok(code)
 }
 

@@ -67,6 +67,8 @@ fn main() -> Result<()> {
                 cargo(&root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
                 "cargo clippy",
             )?;
+            // The kernel tests trace binaries of other packages (the reference runtime's refrt).
+            run(cargo(&root).args(["build", "--workspace", "--bins"]), "cargo build --bins")?;
             // The tests that load probes measure scheduling: they run one at a time (a shared
             // lock in the test support code), while the quick unit tests run in parallel.
             run(cargo(&root).args(["test", "--workspace"]).args(&args), "cargo test")

@@ -107,6 +107,8 @@ pub struct RecordOptions {
     pub pids: Vec<u32>,
     /// A command to start and trace with all its descendants.
     pub command: Vec<OsString>,
+    /// Variables added to the command's environment.
+    pub command_env: Vec<(OsString, OsString)>,
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Kernel ring buffer size in bytes (a power of two).
@@ -186,8 +188,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
     // Targets. A command is forked now and held before exec until the probes are attached; if
     // anything below fails, dropping it makes the child exit without running the command.
-    let mut command =
-        if opts.command.is_empty() { None } else { Some(LaunchedCommand::spawn(&opts.command)?) };
+    let mut command = if opts.command.is_empty() {
+        None
+    } else {
+        Some(LaunchedCommand::spawn(&opts.command, &opts.command_env)?)
+    };
     let mut watched = Vec::new();
     for &pid in &opts.pids {
         let watch = ProcessExit::watch(pid).map_err(|source| match source.raw_os_error() {

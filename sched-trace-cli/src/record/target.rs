@@ -56,8 +56,9 @@ pub struct LaunchedCommand {
 }
 
 impl LaunchedCommand {
-    /// Forks a child that will exec `argv` once released.
-    pub fn spawn(argv: &[OsString]) -> Result<Self, RecordError> {
+    /// Forks a child that will exec `argv` once released, with this process's environment plus
+    /// `env`.
+    pub fn spawn(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<Self, RecordError> {
         let display: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let spawn_err = |source: io::Error| RecordError::Spawn { command: display.join(" "), source };
         let Some(program) = argv.first() else {
@@ -72,11 +73,26 @@ impl LaunchedCommand {
             argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>().map_err(spawn_err)?;
         let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
         c_argv.push(std::ptr::null());
+        let mut vars: Vec<(OsString, OsString)> =
+            std::env::vars_os().filter(|(k, _)| !env.iter().any(|(e, _)| e == k)).collect();
+        vars.extend(env.iter().cloned());
+        let c_env: Vec<CString> = vars
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.clone();
+                kv.push("=");
+                kv.push(v);
+                cstring(&kv)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(spawn_err)?;
+        let mut c_envp: Vec<*const libc::c_char> = c_env.iter().map(|a| a.as_ptr()).collect();
+        c_envp.push(std::ptr::null());
         let (go_read, go_write) = pipe().map_err(spawn_err)?;
         let (err_read, err_write) = pipe().map_err(spawn_err)?;
 
         // SAFETY: fork(2); the child only calls async-signal-safe functions (close, read,
-        // execv, write, _exit) on data prepared above.
+        // execve, write, _exit) on data prepared above.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(spawn_err(io::Error::last_os_error()));
@@ -96,7 +112,7 @@ impl LaunchedCommand {
                     // The recorder gave up (probes failed to attach): never run untraced.
                     libc::_exit(127);
                 }
-                libc::execv(c_path.as_ptr(), c_argv.as_ptr());
+                libc::execve(c_path.as_ptr(), c_argv.as_ptr(), c_envp.as_ptr());
                 let errno = *libc::__errno_location();
                 libc::write(err_write.as_raw_fd(), (&errno as *const i32).cast(), 4);
                 libc::_exit(127);

@@ -1,0 +1,262 @@
+//! The built-in reference runtime traced from outside, against its own ground-truth log: every
+//! scheduling transition the runtime logged must be in the trace (by task, kind and thread, within
+//! 50 µs), and nothing else. Plus the pathologies the workloads reproduce, seen in the trace.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use sched_trace::trace::{EventKind, TraceReader};
+use support::*;
+
+/// One runtime transition: from the ground-truth log, or from the trace.
+#[derive(Clone, Debug, PartialEq)]
+struct Transition {
+    ts: u64,
+    tid: u32,
+    name: String,
+    args: Vec<u64>,
+}
+
+fn refrt() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_sched-trace")).with_file_name("refrt");
+    assert!(p.exists(), "{} is not built: run `cargo build --bins` (cargo xtask test does)", p.display());
+    p
+}
+
+/// Parses the runtime's log: `<ts_ns> <tid> <probe> <args...>` per line.
+fn ground_truth(path: &Path) -> Vec<Transition> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let ts = f.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad line {l:?}"));
+            let tid = f.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad line {l:?}"));
+            let name = f.next().unwrap_or_else(|| panic!("bad line {l:?}")).to_string();
+            let args = f.map(|v| v.parse().unwrap_or_else(|_| panic!("bad line {l:?}"))).collect();
+            Transition { ts, tid, name, args }
+        })
+        .collect()
+}
+
+/// The `refrt` provider's events of a trace, with as many arguments as the log has.
+fn traced_transitions(trace: &Path, arity: &HashMap<String, usize>) -> Vec<Transition> {
+    let mut r = TraceReader::open(trace).unwrap();
+    let names: HashMap<u32, String> = r
+        .info()
+        .user_probes
+        .iter()
+        .filter(|p| p.provider == "refrt")
+        .map(|p| (p.index, p.name.clone()))
+        .collect();
+    assert!(!names.is_empty(), "no refrt probes were attached: {:?}", r.info().skipped_user_probes);
+    let mut out = Vec::new();
+    while let Some(e) = r.next_event().unwrap() {
+        if let EventKind::UserTask { probe, args } = e.kind
+            && let Some(name) = names.get(&probe)
+        {
+            let n = arity.get(name).copied().unwrap_or(args.len());
+            out.push(Transition { ts: e.ts, tid: e.tid, name: name.clone(), args: args[..n].to_vec() });
+        }
+    }
+    out
+}
+
+struct Recorded {
+    truth: Vec<Transition>,
+    traced: Vec<Transition>,
+    /// Per thread, the times it was switched out.
+    switched_out: HashMap<u32, Vec<u64>>,
+    report: serde_json::Value,
+    stdout: String,
+}
+
+fn record_workload(workload: &str) -> Recorded {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join(format!("{workload}.trace"));
+    let log = dir.path().join(format!("{workload}.log"));
+    let o = output(
+        sched_trace()
+            .env("REFRUNTIME_GROUND_TRUTH", &log)
+            .args(["record", "--quiet", "-o"])
+            .arg(&trace)
+            .arg("--")
+            .arg(refrt())
+            .arg(workload),
+    );
+    assert!(o.status.success(), "recording {workload}: {}", stderr(&o));
+    let truth = ground_truth(&log);
+    let arity: HashMap<String, usize> = truth.iter().map(|t| (t.name.clone(), t.args.len())).collect();
+    let traced = traced_transitions(&trace, &arity);
+    let mut switched_out: HashMap<u32, Vec<u64>> = HashMap::new();
+    let mut reader = TraceReader::open(&trace).unwrap();
+    while let Some(e) = reader.next_event().unwrap() {
+        if let EventKind::Switch(_) = e.kind {
+            switched_out.entry(e.tid).or_default().push(e.ts);
+        }
+    }
+    Recorded {
+        truth,
+        traced,
+        switched_out,
+        report: report_json(&trace),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+    }
+}
+
+/// Matches the log against the trace: per (kind, thread, first argument), the n-th event of one
+/// with the n-th of the other. A pair matches when the arguments are equal and the timestamps
+/// within 50 µs, not counting time the thread spent switched out between the two (the runtime
+/// takes its timestamp, then the probe traps into the kernel, where the thread can be preempted
+/// before the probe program runs: that delay is the scheduler's, not the probe's). Returns
+/// (matched, unmatched descriptions).
+fn match_transitions(
+    truth: &[Transition],
+    traced: &[Transition],
+    switched_out: &HashMap<u32, Vec<u64>>,
+) -> (usize, Vec<String>) {
+    let preempted_between = |tid: u32, a: u64, b: u64| {
+        let (lo, hi) = (a.min(b), a.max(b));
+        switched_out.get(&tid).is_some_and(|v| {
+            let i = v.partition_point(|t| *t < lo);
+            v.get(i).is_some_and(|t| *t <= hi)
+        })
+    };
+    type Key = (String, u32, u64);
+    let key = |t: &Transition| (t.name.clone(), t.tid, t.args.first().copied().unwrap_or(0));
+    let mut by_key: BTreeMap<Key, (Vec<&Transition>, Vec<&Transition>)> = BTreeMap::new();
+    for t in truth {
+        by_key.entry(key(t)).or_default().0.push(t);
+    }
+    for t in traced {
+        by_key.entry(key(t)).or_default().1.push(t);
+    }
+    let mut matched = 0;
+    let mut problems = Vec::new();
+    for (k, (a, b)) in &by_key {
+        if a.len() != b.len() {
+            problems.push(format!("{k:?}: {} in the log, {} in the trace", a.len(), b.len()));
+        }
+        for (x, y) in a.iter().zip(b) {
+            if x.args == y.args && (x.ts.abs_diff(y.ts) <= 50_000 || preempted_between(x.tid, x.ts, y.ts)) {
+                matched += 1;
+            } else if problems.len() < 20 {
+                problems.push(format!("log {x:?} vs trace {y:?}"));
+            }
+        }
+    }
+    (matched, problems)
+}
+
+fn assert_matches_ground_truth(workload: &str, r: &Recorded) {
+    assert_eq!(r.report["lost"]["total"], 0, "{workload}: lost events {}", r.report["lost"]);
+    assert!(r.truth.len() > 100, "{workload}: the runtime logged only {} transitions", r.truth.len());
+    let (matched, problems) = match_transitions(&r.truth, &r.traced, &r.switched_out);
+    let share = matched as f64 / r.truth.len() as f64;
+    assert!(
+        share >= 0.999,
+        "{workload}: {matched} of {} logged transitions matched ({:.3}%); first problems:\n{}",
+        r.truth.len(),
+        share * 100.0,
+        problems.join("\n")
+    );
+    assert_eq!(
+        r.traced.len(),
+        r.truth.len(),
+        "{workload}: the trace has transitions the log does not:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn every_workload_is_traced_exactly_as_the_runtime_logged_it() {
+    let Some(_k) = kernel_probes() else { return };
+    for workload in ["pingpong", "netpoll", "imbalance", "cfs-contention", "blocking-syscall", "mixed"] {
+        let r = record_workload(workload);
+        assert_matches_ground_truth(workload, &r);
+        match workload {
+            "netpoll" => {
+                // Every task parked on the netpoller was readied by it, for the same fd.
+                let mut parked: HashMap<(u64, u64), i64> = HashMap::new();
+                for t in &r.traced {
+                    match t.name.as_str() {
+                        "netpoll_block" => *parked.entry((t.args[0], t.args[1])).or_default() += 1,
+                        "netpoll_ready" => *parked.entry((t.args[0], t.args[1])).or_default() -= 1,
+                        _ => {}
+                    }
+                }
+                let blocks = r.traced.iter().filter(|t| t.name == "netpoll_block").count();
+                assert!(blocks > 50, "the echo server parked on the netpoller ({blocks} times)");
+                let open: Vec<_> = parked.iter().filter(|(_, n)| **n != 0).collect();
+                assert!(open.is_empty(), "netpoll parks without a matching ready: {open:?}");
+            }
+            "imbalance" => check_imbalance_converges(&r.traced),
+            "blocking-syscall" => {
+                let handoffs = r.traced.iter().filter(|t| t.name == "block_enter").count();
+                assert!(handoffs > 0, "blocking calls handed their P off");
+            }
+            _ => {}
+        }
+        let _ = &r.stdout;
+    }
+}
+
+/// `imbalance`: work spawned onto one P. The trace must show steals, and the per-P local run
+/// queue lengths (reported by every `task_run`) starting far apart and ending close together.
+fn check_imbalance_converges(traced: &[Transition]) {
+    let steals = traced.iter().filter(|t| t.name == "steal").count();
+    assert!(steals > 0, "no steal in the trace");
+    let runs: Vec<&Transition> = traced.iter().filter(|t| t.name == "task_run").collect();
+    assert!(runs.len() > 100, "{} task runs", runs.len());
+    // Queue length per P over the run, in ten slices by count of runs: the spread between the
+    // longest and the shortest P queue in each slice.
+    let slice = runs.len().div_ceil(10);
+    let spreads: Vec<u64> = runs
+        .chunks(slice)
+        .map(|c| {
+            let mut per_p: HashMap<u64, u64> = HashMap::new();
+            for t in c {
+                let e = per_p.entry(t.args[2]).or_default();
+                *e = (*e).max(t.args[3]);
+            }
+            let max = per_p.values().copied().max().unwrap_or(0);
+            let min = if per_p.len() > 1 { per_p.values().copied().min().unwrap_or(0) } else { 0 };
+            max - min
+        })
+        .collect();
+    let first = spreads[0];
+    let last = *spreads.last().unwrap();
+    assert!(first >= 8, "the run queues start imbalanced: spreads {spreads:?}");
+    assert!(last * 4 <= first, "the run queues converge: spreads {spreads:?}");
+}
+
+#[test]
+fn bpftrace_lists_and_attaches_to_the_runtime_probes() {
+    let Some(_k) = kernel_probes() else { return };
+    let bin = refrt();
+    let o = output(Command::new("bpftrace").arg("-l").arg(format!("usdt:{}:*", bin.display())));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    for probe in ["task_spawn", "task_run", "task_park", "task_ready", "task_exit", "steal", "netpoll_block"]
+    {
+        assert!(
+            listed.contains(&format!("refrt:{probe}")),
+            "bpftrace -l lists refrt:{probe}:\n{listed}{}",
+            stderr(&o)
+        );
+    }
+    let script = format!("usdt:{}:refrt:task_run {{ @runs = count(); }}", bin.display());
+    let o = output(
+        Command::new("bpftrace").arg("-e").arg(&script).arg("-c").arg(format!("{} pingpong", bin.display())),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let runs: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("@runs: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("bpftrace counted no task_run: {out}{}", stderr(&o)));
+    assert!(runs > 1000, "bpftrace saw {runs} task runs");
+}
