@@ -55,6 +55,9 @@ enum Command {
         /// processes are attached anyway); repeat for several.
         #[arg(long, value_name = "BINARY")]
         usdt: Vec<PathBuf>,
+        /// Attach no USDT probe (kernel scheduler events only).
+        #[arg(long, conflicts_with = "usdt")]
+        no_usdt: bool,
         /// The command to start and trace.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -94,7 +97,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Record { pids, output, duration, ring_buffer_size, quiet, usdt, command } => {
+        Command::Record { pids, output, duration, ring_buffer_size, quiet, usdt, no_usdt, command } => {
             if !pids.is_empty() && !command.is_empty() {
                 eprintln!("error: give either --pid or a command, not both");
                 return ExitCode::from(2);
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
                 status_line: !quiet,
                 command_line: std::env::args().collect(),
                 usdt_binaries: usdt,
+                usdt: !no_usdt,
             };
             run_record(opts)
         }
@@ -229,6 +233,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         status_line: true,
         command_line: std::env::args().collect(),
         usdt_binaries: Vec::new(),
+        usdt: true,
     })?;
     let report = load_report(&trace)?;
     let text = report::text::render(&report, 30);

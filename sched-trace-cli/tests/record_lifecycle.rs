@@ -231,7 +231,7 @@ fn system_wide_sees_other_processes_but_not_itself() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("system.trace");
     let mut other =
-        Command::new("sh").args(["-c", "for i in $(seq 30); do sleep 0.03; done"]).spawn().unwrap();
+        Command::new("sh").args(["-c", "for i in $(seq 100); do sleep 0.03; done"]).spawn().unwrap();
     let rec = spawn_record(&["-d", "1500ms"], &out);
     let recorder = rec.id();
     let (status, err) = finish(rec);

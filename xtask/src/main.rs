@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 /// Debian packages the build and the tests need.
@@ -53,6 +55,16 @@ enum Task {
         #[arg(long)]
         workload: Option<String>,
     },
+    /// Set up, build release binaries, and measure: the reference runtime against a tokio peer,
+    /// and what tracing it with sched-trace costs. Prints a markdown table (for BENCHMARKS.md).
+    Bench {
+        /// Runs of each configuration; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 2)]
+        seconds: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -72,6 +84,23 @@ fn main() -> Result<()> {
             // The tests that load probes measure scheduling: they run one at a time (a shared
             // lock in the test support code), while the quick unit tests run in parallel.
             run(cargo(&root).args(["test", "--workspace"]).args(&args), "cargo test")
+        }
+        Task::Bench { runs, seconds } => {
+            setup()?;
+            run(cargo(&root).args(["build", "--release", "--bins"]), "cargo build --release")?;
+            run(
+                cargo(&root).args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "reference-runtime",
+                    "--example",
+                    "tokio_peer",
+                ]),
+                "cargo build --example tokio_peer",
+            )?;
+            bench::runtime_throughput(&root, runs, seconds)?;
+            bench::record_overhead(&root, runs, 100_000)
         }
         Task::Demo { output, workload } => {
             setup()?;

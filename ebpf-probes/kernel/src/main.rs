@@ -187,13 +187,27 @@ fn count_drop(slot: u32) {
     }
 }
 
+/// Wake the reader only once this many bytes wait in the ring buffer (it also drains on a
+/// timer): a wake-up per record would cost a context switch per record.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 /// Reserve, fill and submit one record; a failed reservation is counted under `kind`.
 #[inline(always)]
 fn emit<T: 'static>(kind: u8, record: T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= global(&WAKEUP_BYTES) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
             if let Some(c) = SUBMITTED.get_ptr_mut(kind as u32) {
                 unsafe { *c += 1 };
             }

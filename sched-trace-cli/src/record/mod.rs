@@ -31,8 +31,7 @@ use tokio::{
 };
 
 use crate::trace::{
-    DropCounters, EndInfo, TraceError, TraceInfo, TraceTarget, TraceWriter,
-    event::{Decoded, decode},
+    DropCounters, EndInfo, TraceError, TraceInfo, TraceTarget, TraceWriter, event::peek_kind_size,
 };
 use probes::{EpollOffsets, KernelCounters, ProbeConfig, Probes};
 use sink::{SinkMsg, SinkStats};
@@ -119,6 +118,8 @@ pub struct RecordOptions {
     pub command_line: Vec<String>,
     /// Executables whose USDT probes to attach, besides those of the traced command or PIDs.
     pub usdt_binaries: Vec<PathBuf>,
+    /// Attach the USDT probes of the traced executables (and of `usdt_binaries`).
+    pub usdt: bool,
 }
 
 impl RecordOptions {
@@ -212,6 +213,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut binaries: Vec<PathBuf> = command.iter().map(|c| c.program().to_path_buf()).collect();
     binaries.extend(opts.pids.iter().filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()));
     binaries.extend(opts.usdt_binaries.iter().cloned());
+    if !opts.usdt {
+        binaries.clear();
+    }
     let usdt = UsdtPlan::find(&binaries, &kernel)?;
     for skipped in &usdt.skipped {
         eprintln!("sched-trace: warning: {skipped}");
@@ -494,8 +498,9 @@ fn epoll_offsets(root: &std::path::Path) -> Result<EpollOffsets, RecordError> {
 
 /// Records are handed to the sink in batches of about this size...
 const BATCH_BYTES: usize = 256 << 10;
-/// ...or at least this often.
-const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// ...or at least this often; the ring buffer is drained this often too (the kernel wakes the
+/// reader early only when an eighth of the ring buffer is waiting).
+const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 /// After the command exits, keep draining this long so its last switches are in the trace.
 const EXIT_GRACE: Duration = Duration::from_millis(50);
 /// After forwarding a signal to the command, wait this long for it to exit.
@@ -553,6 +558,8 @@ impl Session {
                     }
                 }
                 _ = tick.tick() => {
+                    // The kernel wakes the reader only when much is waiting: drain on the tick.
+                    drain(self.ring.get_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
                     self.flush().await?;
                     if last_status.elapsed() >= Duration::from_secs(1) {
                         last_status = Instant::now();
@@ -664,16 +671,19 @@ impl Session {
 /// Moves every available record into `batch`, checking each is one whole record.
 fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<u8>, received: &mut [u64], malformed: &mut u64) {
     while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(Decoded::Event(_, size) | Decoded::Unknown { size, .. }) if size == item.len() => {
-                batch.extend_from_slice(&item);
-                if let Some(r) =
-                    received.get_mut(item[std::mem::offset_of!(sched_trace_abi::RecordHeader, kind)] as usize)
-                {
-                    *r += 1;
-                }
-            }
-            _ => *malformed += 1,
+        // One whole record of a known kind and size (the sink decodes it).
+        let whole = peek_kind_size(&item).is_some_and(|(kind, size)| {
+            size == item.len() && sched_trace_abi::record_size(kind) == Some(size)
+        });
+        if !whole {
+            *malformed += 1;
+            continue;
+        }
+        batch.extend_from_slice(&item);
+        if let Some(r) =
+            received.get_mut(item[std::mem::offset_of!(sched_trace_abi::RecordHeader, kind)] as usize)
+        {
+            *r += 1;
         }
     }
 }

@@ -124,6 +124,9 @@ impl Probes {
         let weight = config.task.weight.unwrap_or(none);
         let stack = config.task.stack.unwrap_or(none);
         let orig_ax = config.orig_ax.unwrap_or(none);
+        // Wake the reader when an eighth of the ring buffer is waiting; it drains on a timer
+        // anyway (see record::Session).
+        let wakeup_bytes = (config.ring_buffer_bytes / 8) as u64;
         let bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS_MAP, config.ring_buffer_bytes)
             .map_max_entries(names::TRACED_PIDS_MAP, config.filter_table_entries)
@@ -139,6 +142,7 @@ impl Probes {
             .override_global("TASK_WEIGHT", &weight, true)
             .override_global("TASK_STACK", &stack, true)
             .override_global("PT_REGS_ORIG_AX", &orig_ax, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("EPOLL_EPFD", &config.epoll.epfd, true)
             .override_global("EPOLL_MAXEVENTS", &config.epoll.maxevents, true)
             .override_global("EPOLL_TIMEOUT", &config.epoll.timeout, true)

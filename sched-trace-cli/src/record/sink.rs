@@ -6,7 +6,6 @@
 //! then in order and readers stream it.
 
 use std::{
-    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -14,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustc_hash::FxHashSet;
 use tokio::sync::mpsc::Receiver;
 
 use super::procfs;
@@ -58,7 +58,7 @@ struct Sink {
     index: Vec<(u64, u32, u8)>,
     newest: u64,
     tasks: Vec<TaskEntry>,
-    known_tids: HashSet<u32>,
+    known_tids: FxHashSet<u32>,
     last_chunk: Instant,
     last_drops: Option<DropCounters>,
     events: u64,
@@ -78,7 +78,7 @@ pub fn run(
         index: Vec::new(),
         newest: 0,
         tasks: Vec::new(),
-        known_tids: HashSet::new(),
+        known_tids: FxHashSet::default(),
         last_chunk: Instant::now(),
         last_drops: None,
         events: 0,
@@ -147,7 +147,8 @@ impl Sink {
             _ => {}
         }
         for (tid, pid) in std::iter::once((e.tid, e.pid)).chain(e.other_tids()) {
-            if self.known_tids.insert(tid) {
+            if !self.known_tids.contains(&tid) {
+                self.known_tids.insert(tid);
                 let (pid, comm, source) = match procfs::lookup(tid) {
                     Some((pid, comm)) => (pid, comm, TaskSource::Lookup),
                     None => (pid, Comm::default(), TaskSource::Unknown),
