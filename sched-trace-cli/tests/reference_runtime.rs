@@ -260,3 +260,27 @@ fn bpftrace_lists_and_attaches_to_the_runtime_probes() {
         .unwrap_or_else(|| panic!("bpftrace counted no task_run: {out}{}", stderr(&o)));
     assert!(runs > 1000, "bpftrace saw {runs} task runs");
 }
+
+#[test]
+fn a_runtime_started_by_a_wrapper_is_probed_from_its_exec_on() {
+    let Some(_k) = kernel_probes() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("wrapped.trace");
+    // The shell forks and execs the runtime: its probes are found and attached on that exec.
+    let script = format!("{} pingpong; true", refrt().display());
+    let o =
+        output(sched_trace().args(["record", "--quiet", "-o"]).arg(&trace).args(["--", "sh", "-c", &script]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut r = TraceReader::open(&trace).unwrap();
+    assert!(r.info().user_probes.is_empty(), "the shell itself has no probes");
+    let mut runs = 0u64;
+    while let Some(e) = r.next_event().unwrap() {
+        if let EventKind::UserTask { probe, .. } = e.kind {
+            let p = r.user_probe(probe).expect("every probe a record names is in the table before it");
+            if p.name == "task_run" {
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 1000, "{runs} task runs probed after the exec");
+}

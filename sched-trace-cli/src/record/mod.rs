@@ -213,18 +213,14 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut binaries: Vec<PathBuf> = command.iter().map(|c| c.program().to_path_buf()).collect();
     binaries.extend(opts.pids.iter().filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()));
     binaries.extend(opts.usdt_binaries.iter().cloned());
-    if !opts.usdt {
-        binaries.clear();
-    }
-    let usdt = UsdtPlan::find(&binaries, &kernel)?;
-    for skipped in &usdt.skipped {
-        eprintln!("sched-trace: warning: {skipped}");
-    }
+    let mut usdt = UsdtCatalog::new(opts.usdt, &kernel);
+    let mut skipped = Vec::new();
+    let initial_probes = usdt.add(&binaries, &mut skipped)?;
 
     // The file first: an unwritable path fails before anything is loaded into the kernel.
     let mut info = trace_info(&opts, target, &kernel);
     info.user_probes = usdt.table.clone();
-    info.skipped_user_probes = usdt.skipped.clone();
+    info.skipped_user_probes = skipped;
     let start_ns = info.start_ns;
     let system_wide = matches!(info.target, TraceTarget::SystemWide);
     let writer = TraceWriter::create(&opts.output, &info)?;
@@ -247,10 +243,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let ring = probes.take_events()?;
     let counters = probes.take_counters()?;
     probes.attach_all()?;
-    for (probe, spec) in usdt.table.iter().zip(&usdt.specs) {
-        let label = format!("{}:{}", probe.provider, probe.name);
-        probes.attach_usdt(probe.index, Path::new(&probe.binary), probe.file_offset, *spec, &label)?;
-    }
+    usdt.attach(&mut probes, initial_probes)?;
     // SAFETY: the ring buffer owns its fd, which stays open and unchanged while the AsyncFd
     // owns the ring buffer.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -290,7 +283,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         stats: stats.clone(),
         started,
     };
-    let run = session.run(&opts, &mut probes, command.as_mut(), &mut watched).await;
+    let run = session.run(&opts, &mut probes, &mut usdt, command.as_mut(), &mut watched).await;
 
     // Detach first, then take what the kernel still holds.
     drop(probes);
@@ -374,53 +367,85 @@ impl KernelFacts {
     }
 }
 
-/// The USDT probes a recording attaches: the trace's probe table and the kernel's read specs.
-struct UsdtPlan {
+/// The USDT probes a recording attaches, growing as traced processes exec new executables: the
+/// trace's probe table, and how the kernel reads each probe's arguments.
+struct UsdtCatalog {
+    enabled: bool,
+    /// Executables already inspected.
+    seen: std::collections::HashSet<PathBuf>,
     table: Vec<crate::trace::UserProbe>,
     specs: Vec<sched_trace_abi::UsdtSpec>,
-    /// Probes that cannot be attached, and why.
-    skipped: Vec<String>,
+    pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
 }
 
-impl UsdtPlan {
-    fn find(binaries: &[PathBuf], kernel: &KernelFacts) -> Result<Self, RecordError> {
-        let mut plan = UsdtPlan { table: Vec::new(), specs: Vec::new(), skipped: Vec::new() };
-        let mut seen = std::collections::HashSet::new();
+impl UsdtCatalog {
+    fn new(enabled: bool, kernel: &KernelFacts) -> Self {
+        UsdtCatalog {
+            enabled,
+            seen: Default::default(),
+            table: Vec::new(),
+            specs: Vec::new(),
+            pt_regs: kernel.pt_regs.clone(),
+        }
+    }
+
+    /// Reads the probes of the executables not seen yet, adds those that can be attached, and
+    /// returns the range of table indexes added. Probes that cannot be attached are reported on
+    /// stderr and listed in `skipped`.
+    fn add(
+        &mut self,
+        binaries: &[PathBuf],
+        skipped: &mut Vec<String>,
+    ) -> Result<std::ops::Range<usize>, RecordError> {
+        let start = self.table.len();
+        if !self.enabled {
+            return Ok(start..start);
+        }
         for binary in binaries {
             let binary = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.clone());
-            if !seen.insert(binary.clone()) {
+            if !self.seen.insert(binary.clone()) {
                 continue;
             }
             for p in usdt::read_probes(&binary)? {
                 let label = format!("USDT probe {}:{} in {}", p.provider, p.name, binary.display());
-                if p.semaphore != 0 {
-                    plan.skipped
-                        .push(format!("{label} is guarded by a semaphore, which sched-trace does not set"));
-                    continue;
-                }
-                let spec = usdt::parse_args(&p.arg_string).map_err(|e| e.to_string()).and_then(|args| {
-                    usdt::kernel_spec(&args, |r| kernel.pt_regs.get(r).copied()).map_err(str::to_string)
-                });
+                let spec = if p.semaphore != 0 {
+                    Err("it is guarded by a semaphore, which sched-trace does not set".to_string())
+                } else if self.table.len() >= sched_trace_abi::MAX_USDT_PROBES as usize {
+                    Err(format!("more than {} probes", sched_trace_abi::MAX_USDT_PROBES))
+                } else {
+                    usdt::parse_args(&p.arg_string).map_err(|e| e.to_string()).and_then(|args| {
+                        usdt::kernel_spec(&args, |r| self.pt_regs.get(r).copied()).map_err(str::to_string)
+                    })
+                };
                 match spec {
-                    Ok(spec) if plan.table.len() < sched_trace_abi::MAX_USDT_PROBES as usize => {
-                        plan.table.push(crate::trace::UserProbe {
-                            index: plan.table.len() as u32,
+                    Ok(spec) => {
+                        self.table.push(crate::trace::UserProbe {
+                            index: self.table.len() as u32,
                             binary: binary.display().to_string(),
                             provider: p.provider,
                             name: p.name,
                             file_offset: p.file_offset,
                             args: p.arg_string,
                         });
-                        plan.specs.push(spec);
+                        self.specs.push(spec);
                     }
-                    Ok(_) => plan
-                        .skipped
-                        .push(format!("{label}: more than {} probes", sched_trace_abi::MAX_USDT_PROBES)),
-                    Err(why) => plan.skipped.push(format!("{label}: {why}")),
+                    Err(why) => {
+                        eprintln!("sched-trace: warning: {label} is not attached: {why}");
+                        skipped.push(format!("{label}: {why}"));
+                    }
                 }
             }
         }
-        Ok(plan)
+        Ok(start..self.table.len())
+    }
+
+    /// Attaches the probes of `added` (a range [`Self::add`] returned).
+    fn attach(&self, probes: &mut Probes, added: std::ops::Range<usize>) -> Result<(), RecordError> {
+        for (probe, spec) in self.table[added.clone()].iter().zip(&self.specs[added]) {
+            let label = format!("{}:{}", probe.provider, probe.name);
+            probes.attach_usdt(probe.index, Path::new(&probe.binary), probe.file_offset, *spec, &label)?;
+        }
+        Ok(())
     }
 }
 
@@ -525,6 +550,7 @@ impl Session {
         &mut self,
         opts: &RecordOptions,
         probes: &mut Probes,
+        usdt: &mut UsdtCatalog,
         mut command: Option<&mut LaunchedCommand>,
         watched: &mut Vec<(u32, ProcessExit)>,
     ) -> Result<(StopReason, Option<ExitStatus>), RecordError> {
@@ -551,15 +577,17 @@ impl Session {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.map_err(RecordError::Drain)?;
-                    drain(guard.get_inner_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+                    let execs = drain(guard.get_inner_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
                     guard.clear_ready();
+                    self.attach_new_executables(&execs, probes, usdt).await?;
                     if self.batch.len() >= BATCH_BYTES {
                         self.flush().await?;
                     }
                 }
                 _ = tick.tick() => {
                     // The kernel wakes the reader only when much is waiting: drain on the tick.
-                    drain(self.ring.get_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+                    let execs = drain(self.ring.get_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+                    self.attach_new_executables(&execs, probes, usdt).await?;
                     self.flush().await?;
                     if last_status.elapsed() >= Duration::from_secs(1) {
                         last_status = Instant::now();
@@ -633,6 +661,35 @@ impl Session {
         }
     }
 
+    /// Attaches the USDT probes of executables that traced processes just exec'd. Their first
+    /// moments (before the attach) are not probed; the scheduler events are all there.
+    async fn attach_new_executables(
+        &mut self,
+        exec_pids: &[u32],
+        probes: &mut Probes,
+        usdt: &mut UsdtCatalog,
+    ) -> Result<(), RecordError> {
+        if exec_pids.is_empty() || !usdt.enabled {
+            return Ok(());
+        }
+        let binaries: Vec<PathBuf> =
+            exec_pids.iter().filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()).collect();
+        let mut skipped = Vec::new();
+        // An executable that cannot be read (it may be gone already) is left unprobed.
+        let added = match usdt.add(&binaries, &mut skipped) {
+            Ok(added) => added,
+            Err(e) => {
+                eprintln!("sched-trace: warning: {e}");
+                return Ok(());
+            }
+        };
+        if added.is_empty() && skipped.is_empty() {
+            return Ok(());
+        }
+        usdt.attach(probes, added.clone())?;
+        self.send(SinkMsg::Probes { added: usdt.table[added].to_vec(), skipped }).await
+    }
+
     /// What was lost so far. `final_count`: the probes are detached and the ring buffer drained,
     /// so every submitted record must have been received.
     fn losses(&self, final_count: bool) -> Result<DropCounters, RecordError> {
@@ -668,8 +725,15 @@ impl Session {
     }
 }
 
-/// Moves every available record into `batch`, checking each is one whole record.
-fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<u8>, received: &mut [u64], malformed: &mut u64) {
+/// Moves every available record into `batch`, checking each is one whole record. Returns the
+/// processes that exec'd (their executables may carry USDT probes).
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    batch: &mut Vec<u8>,
+    received: &mut [u64],
+    malformed: &mut u64,
+) -> Vec<u32> {
+    let mut execs = Vec::new();
     while let Some(item) = ring.next() {
         // One whole record of a known kind and size (the sink decodes it).
         let whole = peek_kind_size(&item).is_some_and(|(kind, size)| {
@@ -679,6 +743,10 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<u8>, received: &mut [u64],
             *malformed += 1;
             continue;
         }
+        if item[std::mem::offset_of!(sched_trace_abi::RecordHeader, kind)] == sched_trace_abi::kind::EXEC {
+            let at = std::mem::offset_of!(sched_trace_abi::RecordHeader, pid);
+            execs.push(u32::from_le_bytes([item[at], item[at + 1], item[at + 2], item[at + 3]]));
+        }
         batch.extend_from_slice(&item);
         if let Some(r) =
             received.get_mut(item[std::mem::offset_of!(sched_trace_abi::RecordHeader, kind)] as usize)
@@ -686,6 +754,7 @@ fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<u8>, received: &mut [u64],
             *r += 1;
         }
     }
+    execs
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

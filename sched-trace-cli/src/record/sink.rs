@@ -18,7 +18,7 @@ use tokio::sync::mpsc::Receiver;
 
 use super::procfs;
 use crate::trace::{
-    Comm, DropCounters, EventKind, TaskEntry, TaskSource, TraceError, TraceWriter,
+    Comm, DropCounters, EventKind, TaskEntry, TaskSource, TraceError, TraceWriter, UserProbe,
     event::{Decoded, decode, peek_ts},
 };
 
@@ -36,6 +36,8 @@ pub enum SinkMsg {
     Tasks(Vec<TaskEntry>),
     /// A snapshot of the drop counters.
     Drops(DropCounters),
+    /// User-level probes attached during the recording, and those found but skipped.
+    Probes { added: Vec<UserProbe>, skipped: Vec<String> },
 }
 
 /// Progress, shared with the status line.
@@ -97,6 +99,7 @@ pub fn run(
                 sink.known_tids.extend(t.iter().map(|e| e.tid));
                 sink.tasks.extend(t);
             }
+            SinkMsg::Probes { added, skipped } => sink.writer.write_probes(&added, &skipped)?,
             SinkMsg::Drops(d) => {
                 if sink.last_drops.as_ref() != Some(&d) {
                     sink.writer.write_drops(&d)?;

@@ -18,6 +18,8 @@
 //!   (the recorder holds back and sorts; readers still tolerate small disorder).
 //! - `TASKS`: fixed 40-byte task-table entries (`TaskEntry`).
 //! - `DROPS`: a cumulative snapshot of the per-CPU lost-record counters; the last one counts.
+//! - `PROBES`: user-level probes attached during the recording (after an exec), as JSON
+//!   (`ProbesChunk`); they precede every record of theirs.
 //! - `END`: the recording's closing facts (`EndInfo`) as JSON.
 //!
 //! Readers skip chunk kinds they do not know, so later versions can add tables (stacks,
@@ -46,6 +48,7 @@ pub enum ChunkKind {
     Events = 1,
     Tasks = 2,
     Drops = 3,
+    Probes = 4,
     End = 15,
 }
 
@@ -55,6 +58,7 @@ impl ChunkKind {
             1 => Self::Events,
             2 => Self::Tasks,
             3 => Self::Drops,
+            4 => Self::Probes,
             15 => Self::End,
             _ => return None,
         })
@@ -122,6 +126,13 @@ pub enum TraceTarget {
     Pids { pids: Vec<u32> },
     /// A command started by the recorder, and all its descendants.
     Command { argv: Vec<String>, pid: u32 },
+}
+
+/// User-level probes attached during a recording.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbesChunk {
+    pub added: Vec<UserProbe>,
+    pub skipped: Vec<String>,
 }
 
 /// Facts written when a recording is closed cleanly.

@@ -15,7 +15,7 @@ use super::{
     event::{Decoded, Event, decode},
     format::{
         CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FILE_HEADER_LEN, FORMAT_VERSION,
-        MAGIC, MAX_CHUNK_LEN, MAX_INFO_LEN, TASK_ENTRY_LEN, TaskEntry, TaskSource, TraceInfo,
+        MAGIC, MAX_CHUNK_LEN, MAX_INFO_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry, TaskSource, TraceInfo,
     },
 };
 
@@ -155,8 +155,14 @@ impl<R: Read> TraceReader<R> {
         })
     }
 
+    /// The recording's facts; its probe table grows with the `PROBES` chunks read so far.
     pub fn info(&self) -> &TraceInfo {
         &self.info
+    }
+
+    /// User-level probe `index`, if the table read so far has it.
+    pub fn user_probe(&self, index: u32) -> Option<&super::UserProbe> {
+        self.info.user_probes.iter().find(|p| p.index == index)
     }
 
     pub fn path(&self) -> &Path {
@@ -209,6 +215,13 @@ impl<R: Read> TraceReader<R> {
             Some(ChunkKind::Events) => self.take_events(&chunk)?,
             Some(ChunkKind::Tasks) => self.take_tasks(&chunk)?,
             Some(ChunkKind::Drops) => self.tables.drops = Some(self.parse_drops(&chunk)?),
+            Some(ChunkKind::Probes) => {
+                let chunk: ProbesChunk = serde_json::from_slice(&chunk.payload).map_err(|e| {
+                    self.corrupt(chunk.offset, format!("the probe table does not parse: {e}"))
+                })?;
+                self.info.user_probes.extend(chunk.added);
+                self.info.skipped_user_probes.extend(chunk.skipped);
+            }
             Some(ChunkKind::End) => {
                 let end: EndInfo = serde_json::from_slice(&chunk.payload).map_err(|e| {
                     self.corrupt(chunk.offset, format!("end-of-recording facts do not parse: {e}"))

@@ -12,7 +12,7 @@ use super::{
     DropCounters, TraceError,
     format::{
         CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FORMAT_VERSION, MAGIC,
-        MAX_CHUNK_LEN, TASK_ENTRY_LEN, TaskEntry, TraceInfo,
+        MAX_CHUNK_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry, TraceInfo, UserProbe,
     },
 };
 
@@ -128,6 +128,13 @@ impl TraceWriter {
         payload.put_u64_le(drops.malformed);
         payload.put_u64_le(drops.unreceived);
         self.write_chunk(ChunkKind::Drops, &payload)
+    }
+
+    /// Records user-level probes attached during the recording (before any record of theirs).
+    pub fn write_probes(&mut self, added: &[UserProbe], skipped: &[String]) -> Result<(), TraceError> {
+        let chunk = ProbesChunk { added: added.to_vec(), skipped: skipped.to_vec() };
+        let body = serde_json::to_vec(&chunk).map_err(|e| TraceError::Encode(e.to_string()))?;
+        self.write_chunk(ChunkKind::Probes, &body)
     }
 
     /// Writes the END chunk and flushes the file to disk.
