@@ -48,7 +48,7 @@ enum Command {
         /// Kernel ring buffer size in bytes (a power of two, e.g. 33554432 or 32MiB).
         #[arg(long, value_parser = parse_size, default_value = "32MiB")]
         ring_buffer_size: u32,
-        /// Do not draw the live status line.
+        /// Print nothing while recording (no start notice, no live status line).
         #[arg(long)]
         quiet: bool,
         /// Also attach the USDT probes of this executable (those of the traced command or
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
                 command_env: Vec::new(),
                 duration,
                 ring_buffer_bytes: ring_buffer_size,
-                status_line: !quiet,
+                progress: !quiet,
                 command_line: std::env::args().collect(),
                 usdt_binaries: usdt,
                 usdt: !no_usdt,
@@ -230,7 +230,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         command_env,
         duration: None,
         ring_buffer_bytes: RecordOptions::DEFAULT_RING_BUFFER_BYTES,
-        status_line: true,
+        progress: true,
         command_line: std::env::args().collect(),
         usdt_binaries: Vec::new(),
         usdt: true,

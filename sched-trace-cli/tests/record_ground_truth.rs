@@ -202,7 +202,7 @@ fn record_agrees_with_kernel_counters_and_workload() {
     let mut hits: HashMap<u32, Vec<[u64; 2]>> = HashMap::new();
     let mut reader = reader;
     while let Some(e) = reader.next_event().unwrap() {
-        if let EventKind::UserTask { probe: p, args } = e.kind
+        if let EventKind::UserTask { probe: p, args, .. } = e.kind
             && p == probe
         {
             hits.entry(e.tid).or_default().push([args[0], args[1]]);

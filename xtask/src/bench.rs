@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: measured figures for BENCHMARKS.md, every configuration in one run.
 
 use std::{
+    io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -96,85 +97,250 @@ fn usecs_per_op(text: &str) -> Option<f64> {
     text.lines().find(|l| l.contains("usecs/op"))?.split_whitespace().next()?.parse().ok()
 }
 
-/// What recording a context-switch storm costs: `perf bench sched pipe` alone, under
-/// `sched-trace record`, and under `perf sched record` (the peer), in one run.
+/// The peers `record_overhead` measures `sched-trace record` against.
+#[derive(Clone, Copy, PartialEq)]
+enum Tracer {
+    None,
+    SchedTrace,
+    PerfSched,
+    Bpftrace,
+}
+
+impl Tracer {
+    const ALL: [Tracer; 4] = [Tracer::None, Tracer::SchedTrace, Tracer::PerfSched, Tracer::Bpftrace];
+
+    fn label(self) -> &'static str {
+        match self {
+            Tracer::None => "alone",
+            Tracer::SchedTrace => "`sched-trace record` (system-wide)",
+            Tracer::PerfSched => "`perf sched record` (system-wide)",
+            Tracer::Bpftrace => "bpftrace `runqlat.bt` (system-wide)",
+        }
+    }
+}
+
+/// One run of the workload under one tracer.
+struct Sample {
+    usecs_per_op: f64,
+    /// Trace file bytes and the events in it (sched-trace, perf).
+    file: Option<(u64, u64)>,
+    /// Events the tracer lost (sched-trace only).
+    lost: Option<u64>,
+}
+
+/// Spawns a tracer that runs until SIGINT and waits until it says it is attached: a line of its
+/// output containing `ready`.
+fn start_tracer(cmd: &mut Command, what: &str, ready: &str, from_stderr: bool) -> Result<Child> {
+    if from_stderr {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let pipe: Box<dyn std::io::Read + Send> = if from_stderr {
+        Box::new(child.stderr.take().context("stderr is piped")?)
+    } else {
+        Box::new(child.stdout.take().context("stdout is piped")?)
+    };
+    let mut lines = BufReader::new(pipe).lines();
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(ready) => break,
+            Some(Ok(line)) => seen.push(line),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{what} exited before it was attached:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    // Keep reading its output so that it never blocks on a full pipe; hand back the rest.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let _ = tx.send(rest);
+    });
+    TRACER_OUTPUT.with(|o| *o.borrow_mut() = Some(rx));
+    Ok(child)
+}
+
+thread_local! {
+    /// The rest of the output of the tracer started last.
+    static TRACER_OUTPUT: std::cell::RefCell<Option<std::sync::mpsc::Receiver<Vec<String>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Stops a tracer started by `start_tracer` with SIGINT; returns the rest of its output.
+fn stop_tracer(mut child: Child, what: &str) -> Result<Vec<String>> {
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    if !sent.is_ok_and(|s| s.success()) {
+        let _ = child.kill();
+    }
+    let status = child.wait().with_context(|| format!("waiting for {what}"))?;
+    let rest =
+        TRACER_OUTPUT.with(|o| o.borrow_mut().take()).and_then(|rx| rx.recv().ok()).unwrap_or_default();
+    if !status.success() && status.code() != Some(130) {
+        bail!("{what} failed ({status}):\n{}", rest.join("\n"));
+    }
+    Ok(rest)
+}
+
+/// A number in text such as `1,234,567` (sched-trace's summaries group digits).
+fn grouped_number(s: &str) -> Option<u64> {
+    s.replace(',', "").parse().ok()
+}
+
+/// What recording a context-switch storm costs, next to the peers the foundation issue names:
+/// `perf bench sched pipe` alone, under `sched-trace record` (system-wide), under `perf sched
+/// record` and under a bpftrace run-queue latency histogram. Runs are interleaved, in an order
+/// that rotates every round, so that drifts of the machine fall on every column alike; each
+/// column is the median of `runs`. Done twice: as the benchmark comes (its two processes wherever
+/// the scheduler puts them) and with both pinned to one CPU (no idle-wake-up IPIs: a stable
+/// measure of the cost per scheduler event).
 pub fn record_overhead(root: &Path, runs: usize, loops: u32) -> Result<()> {
     let sched_trace = root.join("target/release/sched-trace");
-    let dir = std::env::temp_dir();
-    let bench = ["bench", "sched", "pipe", "-l"];
+    let runqlat = root.join("xtask/bench/runqlat.bt");
+    let dir = tempfile_dir()?;
+    let st_file = dir.join("pipe.trace");
+    let perf_file = dir.join("pipe.perf.data");
     let loops = loops.to_string();
-    let run_one = |cmd: &mut Command, what: &str| -> Result<(f64, String, u64)> {
-        let out = cmd.output().with_context(|| format!("running {what}"))?;
-        if !out.status.success() {
-            bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    for pinned in [false, true] {
+        let workload = |cmd: &mut Command| {
+            if pinned {
+                cmd.args(["taskset", "-c", "0"]);
+            }
+            cmd.args(["perf", "bench", "sched", "pipe", "-l", &loops]);
+        };
+        let bench_alone = || -> Result<String> {
+            let mut parts = Command::new("env");
+            workload(&mut parts);
+            let out = parts.output().context("running perf bench")?;
+            if !out.status.success() {
+                bail!("perf bench failed ({})", out.status);
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let run = |tracer: Tracer| -> Result<Sample> {
+            let text_us = |text: &str| usecs_per_op(text).with_context(|| format!("no usecs/op in {text}"));
+            match tracer {
+                Tracer::None => {
+                    Ok(Sample { usecs_per_op: text_us(&bench_alone()?)?, file: None, lost: None })
+                }
+                Tracer::SchedTrace => {
+                    let mut cmd = Command::new(&sched_trace);
+                    cmd.args(["record", "-o"]).arg(&st_file);
+                    let child = start_tracer(&mut cmd, "sched-trace record", "sched-trace: recording", true)?;
+                    let bench = bench_alone();
+                    let rest = stop_tracer(child, "sched-trace record")?;
+                    let us = text_us(&bench?)?;
+                    let events = rest
+                        .iter()
+                        .find_map(|l| {
+                            l.strip_prefix("sched-trace: ")?
+                                .split(" events in ")
+                                .next()
+                                .and_then(grouped_number)
+                        })
+                        .with_context(|| format!("sched-trace printed no summary:\n{}", rest.join("\n")))?;
+                    let lost = rest
+                        .iter()
+                        .find_map(|l| {
+                            let l = l.strip_prefix("sched-trace: ")?;
+                            let n = l.strip_prefix("lost ").or_else(|| l.strip_prefix("LOST "))?;
+                            grouped_number(n.split_whitespace().next()?)
+                        })
+                        .with_context(|| {
+                            format!("sched-trace printed no loss count:\n{}", rest.join("\n"))
+                        })?;
+                    let bytes = std::fs::metadata(&st_file).map(|m| m.len()).unwrap_or(0);
+                    Ok(Sample { usecs_per_op: us, file: Some((bytes, events)), lost: Some(lost) })
+                }
+                Tracer::PerfSched => {
+                    let mut cmd = Command::new("perf");
+                    cmd.args(["sched", "record", "-o"]).arg(&perf_file).arg("--");
+                    workload(&mut cmd);
+                    let out = cmd.output().context("running perf sched record")?;
+                    if !out.status.success() {
+                        bail!(
+                            "perf sched record failed ({}): {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                    let us = text_us(&String::from_utf8_lossy(&out.stdout))?;
+                    // "[ perf record: Captured and wrote 54.7 MB FILE (512345 samples) ]"
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let samples = err
+                        .lines()
+                        .find(|l| l.contains("Captured and wrote"))
+                        .and_then(|l| {
+                            l.rsplit_once('(')?.1.split_whitespace().next().and_then(grouped_number)
+                        })
+                        .with_context(|| format!("perf sched record printed no sample count:\n{err}"))?;
+                    let bytes = std::fs::metadata(&perf_file).map(|m| m.len()).unwrap_or(0);
+                    Ok(Sample { usecs_per_op: us, file: Some((bytes, samples)), lost: None })
+                }
+                Tracer::Bpftrace => {
+                    let mut cmd = Command::new("bpftrace");
+                    cmd.arg(&runqlat);
+                    let child = start_tracer(&mut cmd, "bpftrace runqlat.bt", "Attaching", false)?;
+                    let bench = bench_alone();
+                    stop_tracer(child, "bpftrace")?;
+                    Ok(Sample { usecs_per_op: text_us(&bench?)?, file: None, lost: None })
+                }
+            }
+        };
+        let mut samples: Vec<Vec<Sample>> = Tracer::ALL.iter().map(|_| Vec::new()).collect();
+        for round in 0..runs {
+            for k in 0..Tracer::ALL.len() {
+                let i = (round + k) % Tracer::ALL.len();
+                samples[i].push(run(Tracer::ALL[i])?);
+            }
         }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let us = usecs_per_op(&stdout).with_context(|| format!("{what}: no usecs/op in {stdout}"))?;
-        Ok((us, String::from_utf8_lossy(&out.stderr).into_owned(), 0))
-    };
-    let median_of = |f: &dyn Fn() -> Result<(f64, String, u64)>| -> Result<(f64, String, u64)> {
-        let mut all: Vec<(f64, String, u64)> = (0..runs).map(|_| f()).collect::<Result<_>>()?;
-        all.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Ok(all.swap_remove(all.len() / 2))
-    };
-    let plain = median_of(&|| run_one(Command::new("perf").args(bench).arg(&loops), "perf bench"))?;
-    let st_file = dir.join("sched-trace-bench-pipe.trace");
-    let traced = median_of(&|| {
-        let mut r = run_one(
-            Command::new(&sched_trace)
-                .args(["record", "--quiet", "-o"])
-                .arg(&st_file)
-                .args(["--", "perf"])
-                .args(bench)
-                .arg(&loops),
-            "sched-trace record",
-        )?;
-        r.2 = std::fs::metadata(&st_file).map(|m| m.len()).unwrap_or(0);
-        Ok(r)
-    })?;
-    let perf_file = dir.join("sched-trace-bench-pipe.perf.data");
-    let perf = median_of(&|| {
-        let mut r = run_one(
-            Command::new("perf")
-                .args(["sched", "record", "-o"])
-                .arg(&perf_file)
-                .args(["--", "perf"])
-                .args(bench)
-                .arg(&loops),
-            "perf sched record",
-        )?;
-        r.2 = std::fs::metadata(&perf_file).map(|m| m.len()).unwrap_or(0);
-        Ok(r)
-    })?;
-    let summary = |stderr: &str| -> String {
-        stderr
-            .lines()
-            .filter(|l| {
-                l.starts_with("sched-trace: ")
-                    && (l.contains("events in") || l.contains("lost") || l.contains("LOST"))
-            })
-            .map(|l| l.trim_start_matches("sched-trace: ").to_string())
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("\n| `perf bench sched pipe -l {loops}` | µs per round trip | slowdown | trace size | notes |");
-    println!("|---|---|---|---|---|");
-    println!("| alone | {:.2} | 1.00× | | |", plain.0);
-    println!(
-        "| under `sched-trace record -- …` | {:.2} | {:.2}× | {:.1} MiB | {} |",
-        traced.0,
-        traced.0 / plain.0,
-        mib(traced.2),
-        summary(&traced.1)
-    );
-    println!(
-        "| under `perf sched record -- …` (system-wide) | {:.2} | {:.2}× | {:.1} MiB | |",
-        perf.0,
-        perf.0 / plain.0,
-        mib(perf.2)
-    );
-    let _ = std::fs::remove_file(&st_file);
-    let _ = std::fs::remove_file(&perf_file);
+        print_overhead_table(pinned, &loops, runs, &samples);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+fn print_overhead_table(pinned: bool, loops: &str, runs: usize, samples: &[Vec<Sample>]) {
+    let med = |v: &[Sample]| median(v.iter().map(|s| s.usecs_per_op).collect());
+    let spread = |v: &[Sample]| {
+        let lo = v.iter().map(|s| s.usecs_per_op).fold(f64::INFINITY, f64::min);
+        let hi = v.iter().map(|s| s.usecs_per_op).fold(0.0, f64::max);
+        format!("{lo:.2}–{hi:.2}")
+    };
+    let alone = med(&samples[0]);
+    let how = if pinned { "`taskset -c 0 perf bench sched pipe" } else { "`perf bench sched pipe" };
+    println!("\n{how} -l {loops}`, median of {runs} interleaved runs\n");
+    println!(
+        "| tracer | µs per round trip (median) | range | slowdown | trace bytes per event | events | lost |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (tracer, v) in Tracer::ALL.iter().zip(samples) {
+        let m = med(v);
+        let (bpe, events) = match v.iter().find_map(|s| s.file) {
+            Some(_) => {
+                let per: Vec<f64> =
+                    v.iter().filter_map(|s| s.file).map(|(b, e)| b as f64 / e.max(1) as f64).collect();
+                let events: Vec<f64> = v.iter().filter_map(|s| s.file).map(|(_, e)| e as f64).collect();
+                (format!("{:.1}", median(per)), format!("{:.0}", median(events)))
+            }
+            None => (String::new(), String::new()),
+        };
+        let lost = match v.iter().filter_map(|s| s.lost).max() {
+            Some(l) => l.to_string(),
+            None => String::new(),
+        };
+        let slowdown =
+            if *tracer == Tracer::None { "1.000×".to_string() } else { format!("{:.3}×", m / alone) };
+        println!("| {} | {m:.2} | {} | {slowdown} | {bpe} | {events} | {lost} |", tracer.label(), spread(v));
+    }
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sched-trace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }

@@ -64,7 +64,20 @@ enum Task {
         /// Seconds per run.
         #[arg(long, default_value_t = 2)]
         seconds: u32,
+        /// Round trips of `perf bench sched pipe` per run.
+        #[arg(long, default_value_t = 100_000)]
+        loops: u32,
+        /// Only this part: `runtime` (the reference runtime against tokio, and traced) or
+        /// `record` (what recording costs, next to perf sched record and bpftrace).
+        #[arg(long)]
+        only: Option<BenchPart>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    Runtime,
+    Record,
 }
 
 fn main() -> Result<()> {
@@ -85,7 +98,7 @@ fn main() -> Result<()> {
             // lock in the test support code), while the quick unit tests run in parallel.
             run(cargo(&root).args(["test", "--workspace"]).args(&args), "cargo test")
         }
-        Task::Bench { runs, seconds } => {
+        Task::Bench { runs, seconds, loops, only } => {
             setup()?;
             run(cargo(&root).args(["build", "--release", "--bins"]), "cargo build --release")?;
             run(
@@ -99,8 +112,13 @@ fn main() -> Result<()> {
                 ]),
                 "cargo build --example tokio_peer",
             )?;
-            bench::runtime_throughput(&root, runs, seconds)?;
-            bench::record_overhead(&root, runs, 100_000)
+            if only != Some(BenchPart::Record) {
+                bench::runtime_throughput(&root, runs, seconds)?;
+            }
+            if only != Some(BenchPart::Runtime) {
+                bench::record_overhead(&root, runs, loops)?;
+            }
+            Ok(())
         }
         Task::Demo { output, workload } => {
             setup()?;

@@ -145,6 +145,10 @@ pub struct SwitchRecord {
     /// `se.load.weight` of the outgoing thread (kernel-scaled), saturated to u32.
     pub prev_weight: u32,
     pub next_weight: u32,
+    /// The outgoing thread's user-mode instruction pointer (0 when not read). A thread
+    /// descheduled on its way back from a uprobe's breakpoint has it just past the probe site,
+    /// which tells that the probe's record is late by the time it waited.
+    pub prev_user_ip: u64,
 }
 
 /// `sched_waking`, `sched_wakeup` and `sched_wakeup_new`. The header's thread is the context the
@@ -236,6 +240,8 @@ pub struct UserTaskRecord {
     pub probe: u32,
     pub _pad: u32,
     pub args: [u64; USER_TASK_ARGS],
+    /// The user-mode instruction pointer when the probe was handled (just past the site).
+    pub ip: u64,
 }
 
 /// Number of arguments a [`UserTaskRecord`] carries.
@@ -311,7 +317,7 @@ pub const fn record_size(kind: u8) -> Option<usize> {
 }
 
 /// The largest record of this ABI version.
-pub const MAX_RECORD_SIZE: usize = 72;
+pub const MAX_RECORD_SIZE: usize = 80;
 
 // The layouts are the contract: fail the build of either side if they drift.
 const _: () = {
@@ -323,7 +329,7 @@ const _: () = {
     assert!(offset_of!(RecordHeader, tid) == 12);
     assert!(offset_of!(RecordHeader, pid) == 16);
     assert!(offset_of!(RecordHeader, flags) == 20);
-    assert!(size_of::<SwitchRecord>() == 64);
+    assert!(size_of::<SwitchRecord>() == 72);
     assert!(size_of::<WakeRecord>() == 40);
     assert!(size_of::<MigrateRecord>() == 40);
     assert!(size_of::<ForkRecord>() == 48);
@@ -332,7 +338,7 @@ const _: () = {
     assert!(size_of::<RenameRecord>() == 40);
     assert!(size_of::<EpollEnterRecord>() == 40);
     assert!(size_of::<EpollExitRecord>() == 32);
-    assert!(size_of::<UserTaskRecord>() == 72);
+    assert!(size_of::<UserTaskRecord>() == 80);
     assert!(size_of::<CpuSampleRecord>() == 40);
     assert!(size_of::<UsdtArg>() == 24);
     assert!(size_of::<UsdtSpec>() == 8 + 24 * USER_TASK_ARGS);

@@ -17,6 +17,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use serde::Serialize;
 
 use crate::trace::{Event, EventKind, event::Switch};
@@ -111,6 +113,10 @@ struct Thread {
     in_epoll: bool,
     /// Waker named by the last `sched_waking` for this thread, consumed by `sched_wakeup`.
     pending_waker: Option<u32>,
+    /// `se.vruntime` at its last switch (0: not known).
+    vruntime: u64,
+    /// The CPU whose run queue it waits in, while runnable.
+    queued_on: Option<u16>,
 }
 
 impl Thread {
@@ -127,6 +133,28 @@ impl Thread {
     }
 }
 
+/// What CFS did on one CPU, as far as the traced threads are concerned.
+#[derive(Clone, Debug, Default)]
+pub struct CpuStats {
+    pub cpu: u16,
+    /// Switches seen on this CPU (to or from a traced thread).
+    pub switches: u64,
+    /// Traced threads preempted on this CPU...
+    pub preemptions: u64,
+    /// ...and by whom (thread taking the CPU → count).
+    pub preempted_by: HashMap<u32, u64>,
+    /// Run-queue latencies of traced threads that got this CPU.
+    pub latencies_ns: Vec<u64>,
+    /// Traced threads moved here from another CPU, and away from here.
+    pub migrations_in: u64,
+    pub migrations_out: u64,
+    /// At each switch, the spread (max − min) of `se.vruntime` among the traced threads
+    /// runnable on this CPU and the one picked (when two or more are known).
+    pub vruntime_spreads: Vec<u64>,
+    /// Time traced threads ran on this CPU.
+    pub busy_ns: u64,
+}
+
 /// Which processes' threads get statistics.
 #[derive(Clone, Debug)]
 pub enum Scope {
@@ -136,14 +164,17 @@ pub enum Scope {
     Pids(Vec<u32>),
 }
 
-/// Folds events into per-thread totals.
+/// Folds events into per-thread and per-CPU totals.
 pub struct ThreadTracker {
-    threads: HashMap<u32, Thread>,
+    threads: FxHashMap<u32, Thread>,
     /// `Some(recorder)`: every process but the recorder; `None`: only `pids`.
     all_but: Option<u32>,
-    pids: std::collections::HashSet<u32>,
+    pids: FxHashSet<u32>,
     /// Per CPU, the time of the last switch seen there.
     last_switch: Vec<u64>,
+    cpus: Vec<CpuStats>,
+    /// Per CPU, the traced threads waiting in its run queue.
+    runnable: Vec<Vec<u32>>,
 }
 
 impl ThreadTracker {
@@ -152,7 +183,50 @@ impl ThreadTracker {
             Scope::AllBut(recorder) => (Some(recorder), Default::default()),
             Scope::Pids(p) => (None, p.into_iter().collect()),
         };
-        ThreadTracker { threads: HashMap::new(), all_but, pids, last_switch: Vec::new() }
+        ThreadTracker {
+            threads: FxHashMap::default(),
+            all_but,
+            pids,
+            last_switch: Vec::new(),
+            cpus: Vec::new(),
+            runnable: Vec::new(),
+        }
+    }
+
+    /// The state of thread `tid` right now (`Unknown` for a thread not tracked).
+    pub fn state(&self, tid: u32) -> ThreadState {
+        self.threads.get(&tid).map_or(ThreadState::Unknown, |t| t.state)
+    }
+
+    fn cpu(&mut self, cpu: u16) -> &mut CpuStats {
+        let i = cpu as usize;
+        if self.cpus.len() <= i {
+            self.cpus.resize_with(i + 1, Default::default);
+            self.runnable.resize_with(i + 1, Vec::new);
+            self.last_switch.resize(i + 1, 0);
+            for (n, c) in self.cpus.iter_mut().enumerate() {
+                c.cpu = n as u16;
+            }
+        }
+        &mut self.cpus[i]
+    }
+
+    /// Keeps the per-CPU run-queue membership of `tid` in step with its state.
+    fn set_queued(&mut self, tid: u32, on: Option<u16>) {
+        let Some(t) = self.threads.get_mut(&tid) else { return };
+        let old = std::mem::replace(&mut t.queued_on, on);
+        if old == on {
+            return;
+        }
+        if let Some(c) = old
+            && let Some(q) = self.runnable.get_mut(c as usize)
+        {
+            q.retain(|x| *x != tid);
+        }
+        if let Some(c) = on {
+            self.cpu(c);
+            self.runnable[c as usize].push(tid);
+        }
     }
 
     fn in_scope(&self, tid: u32, pid: u32) -> bool {
@@ -169,6 +243,8 @@ impl ThreadTracker {
             state: ThreadState::Unknown,
             in_epoll: false,
             pending_waker: None,
+            vruntime: 0,
+            queued_on: None,
         });
         t.stats.last_ts = ts;
         if t.stats.pid == 0 {
@@ -180,7 +256,8 @@ impl ThreadTracker {
     pub fn event(&mut self, e: &Event) {
         // Probes that fire in a thread's own context prove it is running.
         let as_current = match e.kind {
-            EventKind::Rename { .. } | EventKind::UserTask { .. } | EventKind::CpuSample { .. } => false,
+            // A rename may be done to another thread; a sample interrupts whoever runs.
+            EventKind::Rename { .. } | EventKind::CpuSample { .. } => false,
             EventKind::Switch(_) => false, // handled with the switch-out
             _ => true,
         };
@@ -188,7 +265,10 @@ impl ThreadTracker {
             let last = self.last_switch_on(e.cpu);
             let t = self.thread(e.tid, e.pid, e.ts);
             match t.state {
-                ThreadState::Off { .. } => t.missed_switch_in(last, e.ts, e.cpu),
+                ThreadState::Off { .. } => {
+                    t.missed_switch_in(last, e.ts, e.cpu);
+                    self.set_queued(e.tid, None);
+                }
                 ThreadState::Unknown => t.state = ThreadState::Running { since: e.ts, cpu: e.cpu },
                 _ => {}
             }
@@ -222,9 +302,17 @@ impl ThreadTracker {
                 if let Some(w) = waker {
                     *t.stats.wakers.entry(w).or_default() += 1;
                 }
+                self.set_queued(w.tid, Some(w.cpu as u16));
             }
-            EventKind::Migrate { tid, pid, .. } if self.in_scope(tid, pid) => {
-                self.thread(tid, pid, e.ts).stats.migrations += 1;
+            EventKind::Migrate { tid, pid, orig_cpu, dest_cpu } if self.in_scope(tid, pid) => {
+                let t = self.thread(tid, pid, e.ts);
+                t.stats.migrations += 1;
+                let queued = t.queued_on.is_some();
+                self.cpu(orig_cpu as u16).migrations_out += 1;
+                self.cpu(dest_cpu as u16).migrations_in += 1;
+                if queued {
+                    self.set_queued(tid, Some(dest_cpu as u16));
+                }
             }
             EventKind::Fork { child_pid, thread, followed, .. }
                 if (followed || thread) && self.all_but.is_none() && self.pids.contains(&e.pid) =>
@@ -247,19 +335,20 @@ impl ThreadTracker {
 
     fn switch(&mut self, e: &Event, s: &Switch) {
         let last = self.last_switch_on(e.cpu);
-        if let Some(slot) = self.last_switch.get_mut(e.cpu as usize) {
-            *slot = e.ts;
-        } else {
-            self.last_switch.resize(e.cpu as usize + 1, 0);
-            self.last_switch[e.cpu as usize] = e.ts;
-        }
+        self.cpu(e.cpu).switches += 1;
+        self.last_switch[e.cpu as usize] = e.ts;
         if self.in_scope(e.tid, e.pid) {
             let t = self.thread(e.tid, e.pid, e.ts);
             if let ThreadState::Off { .. } = t.state {
                 t.missed_switch_in(last, e.ts, e.cpu);
             }
+            let mut ran = 0;
             if let ThreadState::Running { since, .. } = t.state {
-                t.stats.on_cpu_ns += e.ts.saturating_sub(since);
+                ran = e.ts.saturating_sub(since);
+                t.stats.on_cpu_ns += ran;
+            }
+            if s.prev_vruntime != 0 {
+                t.vruntime = s.prev_vruntime;
             }
             let still_runnable = s.preempt || s.prev_state == task_state::RUNNING;
             if still_runnable {
@@ -282,25 +371,68 @@ impl ThreadTracker {
             } else {
                 ThreadState::Off { since: e.ts, why: OffCpu::Blocked }
             };
+            let cpu = self.cpu(e.cpu);
+            cpu.busy_ns += ran;
+            if still_runnable {
+                cpu.preemptions += 1;
+                if s.next_tid != 0 {
+                    *cpu.preempted_by.entry(s.next_tid).or_default() += 1;
+                }
+            }
+            self.set_queued(e.tid, still_runnable.then_some(e.cpu));
         }
         if self.in_scope(s.next_tid, s.next_pid) {
             let t = self.thread(s.next_tid, s.next_pid, e.ts);
+            let mut latency = None;
             if let ThreadState::Off { since, why } = t.state {
                 let ns = e.ts.saturating_sub(since);
                 t.stats.add_off(why, ns);
                 if matches!(why, OffCpu::Woken | OffCpu::Preempted) {
                     t.stats.latencies_ns.push(ns);
+                    latency = Some(ns);
                     if why == OffCpu::Woken {
                         t.stats.latencies_from_wakeup += 1;
                     }
                 }
             }
             t.state = ThreadState::Running { since: e.ts, cpu: e.cpu };
+            if s.next_vruntime != 0 {
+                t.vruntime = s.next_vruntime;
+            }
+            let next_vruntime = t.vruntime;
+            self.set_queued(s.next_tid, None);
+            if let Some(ns) = latency {
+                self.cpu(e.cpu).latencies_ns.push(ns);
+            }
+            self.sample_vruntime_spread(e.cpu, next_vruntime);
         }
     }
 
-    /// Closes every thread's last state at `end` and returns the totals.
+    /// Spread of `se.vruntime` among the traced threads waiting on `cpu` and the one it picked.
+    fn sample_vruntime_spread(&mut self, cpu: u16, picked: u64) {
+        let (mut lo, mut hi, mut n) = (u64::MAX, 0u64, 0);
+        let known = std::iter::once(picked).chain(
+            self.runnable[cpu as usize].iter().filter_map(|tid| self.threads.get(tid)).map(|t| t.vruntime),
+        );
+        for v in known.filter(|v| *v != 0) {
+            lo = lo.min(v);
+            hi = hi.max(v);
+            n += 1;
+        }
+        if n >= 2 {
+            self.cpus[cpu as usize].vruntime_spreads.push(hi - lo);
+        }
+    }
+
+    /// Closes every thread's last state at `end` and returns the per-thread totals (the
+    /// per-CPU ones: [`Self::finish_with_cpus`]).
     pub fn finish(self, end: u64) -> Vec<ThreadStats> {
+        self.finish_with_cpus(end).0
+    }
+
+    /// Closes every thread's last state at `end`; returns the per-thread and per-CPU totals.
+    pub fn finish_with_cpus(self, end: u64) -> (Vec<ThreadStats>, Vec<CpuStats>) {
+        let cpus = self.cpus;
         let mut out: Vec<ThreadStats> = self
             .threads
             .into_values()
@@ -314,7 +446,7 @@ impl ThreadTracker {
             })
             .collect();
         out.sort_by_key(|t| t.tid);
-        out
+        (out, cpus)
     }
 }
 
@@ -355,6 +487,7 @@ mod tests {
                 next_vruntime: 0,
                 prev_weight: 1024,
                 next_weight: 1024,
+                prev_user_ip: 0,
             }),
         )
     }

@@ -112,8 +112,9 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// Kernel ring buffer size in bytes (a power of two).
     pub ring_buffer_bytes: u32,
-    /// Draw a live status line on stderr (when it is a terminal).
-    pub status_line: bool,
+    /// Say on stderr when the probes are attached and recording starts, and draw a live status
+    /// line there when it is a terminal.
+    pub progress: bool,
     /// The recorder's command line, stored in the trace.
     pub command_line: Vec<String>,
     /// Executables whose USDT probes to attach, besides those of the traced command or PIDs.
@@ -234,6 +235,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         filter_table_entries: 16384,
         task: kernel.task,
         orig_ax: kernel.orig_ax,
+        ip: kernel.pt_regs.get("ip").copied(),
         epoll: kernel.epoll,
     };
     let mut probes = Probes::load(&config)?;
@@ -271,6 +273,17 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     if let Some(c) = command.as_mut() {
         c.release()?;
     }
+    if opts.progress {
+        let what = match &command {
+            Some(c) => format!("PID {} and its descendants", c.pid()),
+            None if !opts.pids.is_empty() => {
+                let pids: Vec<String> = opts.pids.iter().map(u32::to_string).collect();
+                format!("PID {}", pids.join(", "))
+            }
+            None => "the whole system".to_string(),
+        };
+        eprintln!("sched-trace: recording {what} into {} (Ctrl-C to stop)", opts.output.display());
+    }
     let started = Instant::now();
     let mut session = Session {
         ring,
@@ -279,7 +292,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         tx,
         batch: Vec::with_capacity(BATCH_BYTES * 2),
         malformed: 0,
-        status: StatusLine::new(opts.status_line && std::io::stderr().is_terminal()),
+        status: StatusLine::new(opts.progress && std::io::stderr().is_terminal()),
         stats: stats.clone(),
         started,
     };

@@ -10,7 +10,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, RawTracePoint, TracePoint, UProbe,
+        BtfTracePoint, ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
@@ -25,8 +25,9 @@ static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SCHED_TRACE_PROB
 /// How a program attaches.
 #[derive(Clone, Copy, Debug)]
 enum AttachPoint {
-    /// A raw tracepoint: arguments are the tracepoint's prototype.
-    Raw(&'static str),
+    /// A BTF tracepoint (`tp_btf`): arguments are the tracepoint's prototype, typed by the
+    /// kernel's BTF.
+    Btf(&'static str),
     /// A tracefs tracepoint `category/name`.
     Tracefs(&'static str, &'static str),
 }
@@ -34,15 +35,15 @@ enum AttachPoint {
 /// Every program in the object and where it attaches. Process lifecycle first, so that children
 /// are followed from the first moment.
 const PROGRAMS: &[(&str, AttachPoint)] = &[
-    ("sched_process_fork", AttachPoint::Raw("sched_process_fork")),
-    ("sched_process_exec", AttachPoint::Raw("sched_process_exec")),
-    ("sched_process_exit", AttachPoint::Raw("sched_process_exit")),
-    ("task_rename", AttachPoint::Raw("task_rename")),
-    ("sched_switch", AttachPoint::Raw("sched_switch")),
-    ("sched_waking", AttachPoint::Raw("sched_waking")),
-    ("sched_wakeup", AttachPoint::Raw("sched_wakeup")),
-    ("sched_wakeup_new", AttachPoint::Raw("sched_wakeup_new")),
-    ("sched_migrate_task", AttachPoint::Raw("sched_migrate_task")),
+    ("sched_process_fork", AttachPoint::Btf("sched_process_fork")),
+    ("sched_process_exec", AttachPoint::Btf("sched_process_exec")),
+    ("sched_process_exit", AttachPoint::Btf("sched_process_exit")),
+    ("task_rename", AttachPoint::Btf("task_rename")),
+    ("sched_switch", AttachPoint::Btf("sched_switch")),
+    ("sched_waking", AttachPoint::Btf("sched_waking")),
+    ("sched_wakeup", AttachPoint::Btf("sched_wakeup")),
+    ("sched_wakeup_new", AttachPoint::Btf("sched_wakeup_new")),
+    ("sched_migrate_task", AttachPoint::Btf("sched_migrate_task")),
     ("sys_enter_epoll_wait", AttachPoint::Tracefs("syscalls", "sys_enter_epoll_wait")),
     ("sys_enter_epoll_pwait", AttachPoint::Tracefs("syscalls", "sys_enter_epoll_pwait")),
     ("sys_enter_epoll_pwait2", AttachPoint::Tracefs("syscalls", "sys_enter_epoll_pwait2")),
@@ -88,8 +89,9 @@ pub struct ProbeConfig {
     pub ring_buffer_bytes: u32,
     pub filter_table_entries: u32,
     pub task: TaskOffsets,
-    /// Offset of `pt_regs.orig_ax`, if known.
+    /// Offsets of `pt_regs.orig_ax` and `pt_regs.ip`, if known.
     pub orig_ax: Option<u32>,
+    pub ip: Option<u32>,
     pub epoll: EpollOffsets,
 }
 
@@ -106,7 +108,7 @@ pub fn attach_points() -> Vec<String> {
 impl AttachPoint {
     fn label(self) -> String {
         match self {
-            AttachPoint::Raw(tp) => format!("raw_tracepoint:{tp}"),
+            AttachPoint::Btf(tp) => format!("tp_btf:{tp}"),
             AttachPoint::Tracefs(cat, tp) => format!("tracepoint:{cat}:{tp}"),
         }
     }
@@ -124,6 +126,7 @@ impl Probes {
         let weight = config.task.weight.unwrap_or(none);
         let stack = config.task.stack.unwrap_or(none);
         let orig_ax = config.orig_ax.unwrap_or(none);
+        let ip = config.ip.unwrap_or(none);
         // Wake the reader when an eighth of the ring buffer is waiting; it drains on a timer
         // anyway (see record::Session).
         let wakeup_bytes = (config.ring_buffer_bytes / 8) as u64;
@@ -142,6 +145,7 @@ impl Probes {
             .override_global("TASK_WEIGHT", &weight, true)
             .override_global("TASK_STACK", &stack, true)
             .override_global("PT_REGS_ORIG_AX", &orig_ax, true)
+            .override_global("PT_REGS_IP", &ip, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("EPOLL_EPFD", &config.epoll.epfd, true)
             .override_global("EPOLL_MAXEVENTS", &config.epoll.maxevents, true)
@@ -158,6 +162,10 @@ impl Probes {
     }
 
     fn load_programs(&mut self) -> Result<(), RecordError> {
+        let btf = &aya::Btf::from_sys_fs().map_err(|e| RecordError::Probe {
+            what: "reading the kernel's BTF for the tp_btf programs".into(),
+            source: Box::new(e),
+        })?;
         let usdt = self.bpf.program_mut(USDT_PROGRAM).ok_or_else(|| RecordError::Probe {
             what: format!("program {USDT_PROGRAM} is missing from the probes' object"),
             source: Box::new(ProgramError::NotLoaded),
@@ -172,7 +180,7 @@ impl Probes {
                 source: Box::new(ProgramError::NotLoaded),
             })?;
             let result = match point {
-                AttachPoint::Raw(_) => <&mut RawTracePoint>::try_from(program).and_then(|p| p.load()),
+                AttachPoint::Btf(tp) => <&mut BtfTracePoint>::try_from(program).and_then(|p| p.load(tp, btf)),
                 AttachPoint::Tracefs(..) => <&mut TracePoint>::try_from(program).and_then(|p| p.load()),
             };
             result.map_err(|e| RecordError::Probe {
@@ -210,8 +218,8 @@ impl Probes {
                 source: Box::new(ProgramError::NotLoaded),
             })?;
             let result = match point {
-                AttachPoint::Raw(tp) => {
-                    <&mut RawTracePoint>::try_from(program).and_then(|p| p.attach(tp).map(drop))
+                AttachPoint::Btf(_) => {
+                    <&mut BtfTracePoint>::try_from(program).and_then(|p| p.attach().map(drop))
                 }
                 AttachPoint::Tracefs(cat, tp) => {
                     <&mut TracePoint>::try_from(program).and_then(|p| p.attach(cat, tp).map(drop))

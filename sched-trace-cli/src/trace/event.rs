@@ -88,15 +88,50 @@ pub enum EventKind {
     Waking(Wake),
     Wakeup(Wake),
     WakeupNew(Wake),
-    Migrate { tid: u32, pid: u32, orig_cpu: u32, dest_cpu: u32 },
-    Fork { child_tid: u32, child_pid: u32, thread: bool, followed: bool, comm: Comm },
-    Exec { old_tid: u32, comm: Comm },
-    Exit { group_dead: bool },
-    Rename { comm: Comm },
-    EpollEnter { call: EpollCall, epfd: i32, maxevents: i32, timeout_ns: i64 },
-    EpollExit { call: EpollCall, ret: i64 },
-    UserTask { probe: u32, args: [u64; USER_TASK_ARGS] },
-    CpuSample { user_stack: i32, kernel_stack: i32, user_task: u64 },
+    Migrate {
+        tid: u32,
+        pid: u32,
+        orig_cpu: u32,
+        dest_cpu: u32,
+    },
+    Fork {
+        child_tid: u32,
+        child_pid: u32,
+        thread: bool,
+        followed: bool,
+        comm: Comm,
+    },
+    Exec {
+        old_tid: u32,
+        comm: Comm,
+    },
+    Exit {
+        group_dead: bool,
+    },
+    Rename {
+        comm: Comm,
+    },
+    EpollEnter {
+        call: EpollCall,
+        epfd: i32,
+        maxevents: i32,
+        timeout_ns: i64,
+    },
+    EpollExit {
+        call: EpollCall,
+        ret: i64,
+    },
+    /// `ip`: the user instruction pointer when the probe was handled (just past its site).
+    UserTask {
+        probe: u32,
+        args: [u64; USER_TASK_ARGS],
+        ip: u64,
+    },
+    CpuSample {
+        user_stack: i32,
+        kernel_stack: i32,
+        user_task: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +146,8 @@ pub struct Switch {
     pub next_vruntime: u64,
     pub prev_weight: u32,
     pub next_weight: u32,
+    /// User instruction pointer of an outgoing thread that stays runnable (0: not read).
+    pub prev_user_ip: u64,
 }
 
 /// Why a record could not be decoded.
@@ -186,6 +223,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             next_vruntime: b.get_u64_le(),
             prev_weight: b.get_u32_le(),
             next_weight: b.get_u32_le(),
+            prev_user_ip: b.get_u64_le(),
         }),
         kind::WAKING | kind::WAKEUP | kind::WAKEUP_NEW => {
             let w = Wake {
@@ -236,7 +274,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             for a in &mut args {
                 *a = b.get_u64_le();
             }
-            EventKind::UserTask { probe, args }
+            EventKind::UserTask { probe, args, ip: b.get_u64_le() }
         }
         kind::CPU_SAMPLE => EventKind::CpuSample {
             user_stack: b.get_i32_le(),
@@ -285,7 +323,7 @@ mod tests {
     fn switch_round_trips() {
         let raw = crate::trace::synthetic::switch(42, 1, (10, 10), (11, 10), 1, false);
         let Decoded::Event(e, size) = decode(&raw).unwrap() else { panic!("not an event") };
-        assert_eq!(size, 64);
+        assert_eq!(size, 72);
         assert_eq!((e.ts, e.cpu, e.tid, e.pid), (42, 1, 10, 10));
         let EventKind::Switch(s) = e.kind else { panic!("not a switch") };
         assert_eq!((s.next_tid, s.next_pid, s.prev_state, s.preempt), (11, 10, 1, false));

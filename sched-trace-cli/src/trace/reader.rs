@@ -11,7 +11,7 @@ use std::{
 use bytes::Buf;
 
 use super::{
-    Comm, DropCounters, TraceError,
+    Comm, DropCounters, EventKind, TraceError,
     event::{Decoded, Event, decode},
     format::{
         CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FILE_HEADER_LEN, FORMAT_VERSION,
@@ -48,6 +48,9 @@ pub struct TraceTables {
     pub unknown_records: u64,
     /// Events that arrived later than the reorder window allows and were handed out late.
     pub late_events: u64,
+    /// User-level probe records whose thread was rescheduled between hitting the probe and the
+    /// probe program running, moved back to the moment the thread was switched out.
+    pub backdated_probes: u64,
     /// Events handed out.
     pub events: u64,
     /// Timestamp of the last event.
@@ -75,6 +78,8 @@ pub struct TraceReader<R = BufReader<File>> {
     carry: Vec<Event>,
     eof: bool,
     last_emitted: u64,
+    /// Per thread, its last switch-out while runnable: (time, user instruction pointer).
+    switched_out_at: rustc_hash::FxHashMap<u32, (u64, u64)>,
 }
 
 impl TraceReader {
@@ -152,6 +157,7 @@ impl<R: Read> TraceReader<R> {
             carry: Vec::new(),
             eof: false,
             last_emitted: 0,
+            switched_out_at: Default::default(),
         })
     }
 
@@ -238,7 +244,8 @@ impl<R: Read> TraceReader<R> {
         let mut pos = 0usize;
         while !buf.is_empty() {
             match decode(buf) {
-                Ok(Decoded::Event(e, size)) => {
+                Ok(Decoded::Event(mut e, size)) => {
+                    self.backdate_delayed_probe(&mut e);
                     self.carry.push(e);
                     buf = &buf[size..];
                     pos += size;
@@ -264,6 +271,36 @@ impl<R: Read> TraceReader<R> {
         let split = self.carry.partition_point(|e| e.ts <= horizon);
         self.ready.extend(self.carry.drain(..split));
         Ok(())
+    }
+
+    /// A thread can be rescheduled on its way back from a uprobe's breakpoint, before the probe's
+    /// program runs: the record's timestamp is then late by the time the thread waited. Its
+    /// switch-out shows it: the thread's user instruction pointer is just past the breakpoint
+    /// (the probe site + 1), and the probe's record says which site it was (the kernel has
+    /// rewound the pointer to the site by the time the program runs). The record goes back to
+    /// the moment of the switch-out.
+    fn backdate_delayed_probe(&mut self, e: &mut Event) {
+        match &e.kind {
+            // Any switch-out, voluntary ones included: the probe path can sleep (on the memory
+            // map's lock) as well as be preempted.
+            EventKind::Switch(s) if s.prev_user_ip != 0 => {
+                self.switched_out_at.insert(e.tid, (e.ts, s.prev_user_ip));
+            }
+            EventKind::Switch(_) => {
+                self.switched_out_at.remove(&e.tid);
+            }
+            EventKind::UserTask { ip, .. } => {
+                if let Some((ts, out_ip)) = self.switched_out_at.remove(&e.tid)
+                    && *ip != 0
+                    && (out_ip == *ip + 1 || out_ip == *ip)
+                    && ts < e.ts
+                {
+                    e.ts = ts - 1; // just before the switch-out
+                    self.tables.backdated_probes += 1;
+                }
+            }
+            _ => {}
+        }
     }
 
     fn take_tasks(&mut self, chunk: &RawChunk) -> Result<(), TraceError> {

@@ -45,6 +45,7 @@ pub fn switch(
         next_vruntime: 2000,
         prev_weight: 1024,
         next_weight: 1024,
+        prev_user_ip: 0,
     };
     bytes_of(&r)
 }

@@ -1,0 +1,392 @@
+//! User-level tasks (reference-runtime tasks; goroutines later), joined with the kernel's view of
+//! the thread under each one.
+//!
+//! The runtime's probes say when a task runs on a thread, parks (and why), is made runnable
+//! (and by whom), enters a blocking call, and exits. While a task runs on thread `t`, every
+//! change of `t`'s kernel state splits the task's running time: on a CPU; **CFS-stolen** (the
+//! runtime had the task running, but its thread was waiting in a CFS run queue, woken or
+//! preempted); blocked in the kernel (the thread slept: a page fault, a lock; or, inside a
+//! blocking section, the blocking call itself). Outside running, a task is waiting in a runtime
+//! queue (ready → run) or parked (park → ready, by reason).
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::threads::{OffCpu, ThreadState};
+
+/// Why a task parked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParkReason {
+    Netpoll,
+    Timer,
+    Channel,
+    Yield,
+    Other,
+}
+
+impl ParkReason {
+    pub const ALL: [ParkReason; 5] =
+        [ParkReason::Netpoll, ParkReason::Timer, ParkReason::Channel, ParkReason::Yield, ParkReason::Other];
+}
+
+/// Who made a task runnable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "task")]
+pub enum Waker {
+    /// Another task (or the task itself, for a yield).
+    Task(u64),
+    /// The netpoller: an fd became ready.
+    Netpoller,
+    /// A timer fired.
+    Timer,
+    /// A thread outside the runtime, or a source the runtime does not say.
+    Other,
+    /// It was created (by the parent task, if any).
+    Spawn,
+}
+
+/// A runtime's scheduling transition, whatever the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Spawn { parent: Option<u64> },
+    Run,
+    Park { reason: ParkReason, fd: Option<u64> },
+    Ready { waker: Waker },
+    Exit,
+    BlockEnter,
+    BlockExit,
+}
+
+/// Interprets a user-level probe hit as a task transition: `(task, transition)`, or `None` for
+/// probes that are not about one task (steals, M parking) or of unknown runtimes.
+pub fn transition(provider: &str, name: &str, args: &[u64]) -> Option<(u64, Transition)> {
+    const NONE: u64 = u64::MAX;
+    if provider != "refrt" {
+        return None;
+    }
+    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    let t = match name {
+        "task_spawn" => Transition::Spawn { parent: (arg(1) != 0).then_some(arg(1)) },
+        "task_run" => Transition::Run,
+        "task_park" => Transition::Park {
+            reason: match arg(1) {
+                1 => ParkReason::Netpoll,
+                2 => ParkReason::Timer,
+                3 => ParkReason::Channel,
+                4 => ParkReason::Yield,
+                _ => ParkReason::Other,
+            },
+            fd: (arg(2) != NONE).then_some(arg(2)),
+        },
+        "task_ready" => Transition::Ready {
+            waker: match arg(2) {
+                1 if arg(1) != 0 => Waker::Task(arg(1)),
+                2 => Waker::Netpoller,
+                3 => Waker::Timer,
+                _ => Waker::Other,
+            },
+        },
+        "task_exit" => Transition::Exit,
+        "block_enter" => Transition::BlockEnter,
+        "block_exit" => Transition::BlockExit,
+        _ => return None,
+    };
+    Some((arg(0), t))
+}
+
+/// A task is identified by its process and the runtime's task id.
+pub type TaskKey = (u32, u64);
+
+/// One run of a task on a thread, from the runtime's `run` to its `park` or `exit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RunInterval {
+    pub start: u64,
+    pub end: u64,
+    pub tid: u32,
+}
+
+/// Totals for one task.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TaskStats {
+    pub pid: u32,
+    pub task: u64,
+    pub parent: Option<u64>,
+    pub first_ts: u64,
+    pub exited: bool,
+    /// Running, with its thread on a CPU.
+    pub on_cpu_ns: u64,
+    /// Running as far as the runtime knew, while its thread waited in a CFS run queue.
+    pub cfs_stolen_ns: u64,
+    /// Running, while its thread slept in the kernel outside a blocking section.
+    pub kernel_blocked_ns: u64,
+    /// In a blocking section (the runtime handed its P off), with its thread off CPU.
+    pub blocking_call_ns: u64,
+    /// Running, with its thread in a state the trace cannot tell (missed switches).
+    pub unaccounted_ns: u64,
+    /// Runnable in a runtime queue (ready or spawned → run).
+    pub queue_ns: u64,
+    /// Parked, by reason.
+    pub parked_ns: HashMap<ParkReason, u64>,
+    /// Queue waits (ready → run), in order.
+    #[serde(skip)]
+    pub queue_latencies_ns: Vec<u64>,
+    pub runs: u64,
+    /// Times it yielded (and stayed runnable).
+    pub yields: u64,
+    /// Runs on another thread than the task's previous run.
+    pub thread_changes: u64,
+    pub wakers: HashMap<Waker, u64>,
+    #[serde(skip)]
+    pub run_intervals: Vec<RunInterval>,
+}
+
+impl TaskStats {
+    /// Time the runtime considered the task running.
+    pub fn running_ns(&self) -> u64 {
+        self.on_cpu_ns
+            + self.cfs_stolen_ns
+            + self.kernel_blocked_ns
+            + self.blocking_call_ns
+            + self.unaccounted_ns
+    }
+
+    pub fn parked_total_ns(&self) -> u64 {
+        self.parked_ns.values().sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TaskState {
+    Unknown,
+    Runnable { since: u64 },
+    Running { tid: u32, since: u64 },
+    Parked { since: u64, reason: ParkReason },
+    Exited,
+}
+
+struct Task {
+    stats: TaskStats,
+    state: TaskState,
+    in_blocking_call: bool,
+    last_tid: Option<u32>,
+}
+
+/// Folds runtime transitions and the thread states under running tasks into per-task totals.
+#[derive(Default)]
+pub struct TaskTracker {
+    tasks: FxHashMap<TaskKey, Task>,
+    /// Per thread, the task running on it and when its current segment began.
+    running: FxHashMap<u32, (TaskKey, u64)>,
+}
+
+impl TaskTracker {
+    /// Whether any task runs on thread `tid` (cheap, for the hot path).
+    pub fn has_running(&self, tid: u32) -> bool {
+        !self.running.is_empty() && self.running.contains_key(&tid)
+    }
+
+    /// Closes the current segment of the task running on `tid` (if any) at `ts`, attributing it
+    /// by `state`, the thread's state over the segment. `proves_running`: the event at `ts`
+    /// shows the thread running, so if the trace had it off CPU a switch-in was missed and the
+    /// segment cannot be attributed.
+    pub fn flush(&mut self, tid: u32, ts: u64, state: ThreadState, proves_running: bool) {
+        let Some((key, since)) = self.running.get_mut(&tid) else { return };
+        let dur = ts.saturating_sub(*since);
+        *since = ts;
+        let key = *key;
+        let Some(task) = self.tasks.get_mut(&key) else { return };
+        let s = &mut task.stats;
+        match state {
+            ThreadState::Running { .. } => s.on_cpu_ns += dur,
+            ThreadState::Off { .. } if proves_running => s.unaccounted_ns += dur,
+            ThreadState::Off { why: OffCpu::Woken | OffCpu::Preempted, .. } => s.cfs_stolen_ns += dur,
+            ThreadState::Off { .. } if task.in_blocking_call => s.blocking_call_ns += dur,
+            ThreadState::Off { .. } => s.kernel_blocked_ns += dur,
+            ThreadState::Unknown | ThreadState::Dead => s.unaccounted_ns += dur,
+        }
+    }
+
+    /// Applies a runtime transition of task `task` of process `pid`, fired on thread `tid` at
+    /// `ts`. The thread's segment must have been flushed up to `ts`.
+    pub fn apply(&mut self, ts: u64, pid: u32, tid: u32, task: u64, t: Transition) {
+        let key = (pid, task);
+        let entry = self.tasks.entry(key).or_insert_with(|| Task {
+            stats: TaskStats { pid, task, first_ts: ts, ..Default::default() },
+            state: TaskState::Unknown,
+            in_blocking_call: false,
+            last_tid: None,
+        });
+        match t {
+            Transition::Spawn { parent } => {
+                entry.stats.parent = parent;
+                *entry.stats.wakers.entry(Waker::Spawn).or_default() += 1;
+                entry.state = TaskState::Runnable { since: ts };
+            }
+            Transition::Ready { waker } => {
+                match entry.state {
+                    TaskState::Parked { since, reason } => {
+                        *entry.stats.parked_ns.entry(reason).or_default() += ts.saturating_sub(since);
+                    }
+                    TaskState::Unknown => {}
+                    // Already runnable or running: the runtime ignores a second wake-up.
+                    _ => return,
+                }
+                *entry.stats.wakers.entry(waker).or_default() += 1;
+                entry.state = TaskState::Runnable { since: ts };
+            }
+            Transition::Run => {
+                if let TaskState::Runnable { since } = entry.state {
+                    let wait = ts.saturating_sub(since);
+                    entry.stats.queue_ns += wait;
+                    entry.stats.queue_latencies_ns.push(wait);
+                }
+                entry.stats.runs += 1;
+                if entry.last_tid.is_some_and(|last| last != tid) {
+                    entry.stats.thread_changes += 1;
+                }
+                entry.last_tid = Some(tid);
+                entry.state = TaskState::Running { tid, since: ts };
+                self.running.insert(tid, (key, ts));
+            }
+            Transition::Park { reason, .. } => {
+                entry.end_run(ts);
+                // A yield leaves the task runnable (Go's Gosched queues it): its wait counts as
+                // queue time, and the runtime's ready that follows changes nothing.
+                entry.state = if reason == ParkReason::Yield {
+                    entry.stats.yields += 1;
+                    TaskState::Runnable { since: ts }
+                } else {
+                    TaskState::Parked { since: ts, reason }
+                };
+                self.running.remove(&tid);
+            }
+            Transition::Exit => {
+                entry.end_run(ts);
+                entry.stats.exited = true;
+                entry.state = TaskState::Exited;
+                self.running.remove(&tid);
+            }
+            Transition::BlockEnter => entry.in_blocking_call = true,
+            Transition::BlockExit => entry.in_blocking_call = false,
+        }
+    }
+
+    /// Closes every task at `end` (running ones through their thread's last state) and returns
+    /// the totals, ordered by process and task id.
+    pub fn finish(mut self, end: u64, state_of: impl Fn(u32) -> ThreadState) -> Vec<TaskStats> {
+        let tids: Vec<u32> = self.running.keys().copied().collect();
+        for tid in tids {
+            self.flush(tid, end, state_of(tid), false);
+        }
+        let mut out: Vec<TaskStats> = self
+            .tasks
+            .into_values()
+            .map(|mut t| {
+                match t.state {
+                    TaskState::Running { .. } => t.end_run(end),
+                    TaskState::Runnable { since } => t.stats.queue_ns += end.saturating_sub(since),
+                    TaskState::Parked { since, reason } => {
+                        *t.stats.parked_ns.entry(reason).or_default() += end.saturating_sub(since)
+                    }
+                    TaskState::Unknown | TaskState::Exited => {}
+                }
+                t.stats
+            })
+            .collect();
+        out.sort_by_key(|t| (t.pid, t.task));
+        out
+    }
+}
+
+impl Task {
+    fn end_run(&mut self, ts: u64) {
+        if let TaskState::Running { tid, since } = self.state {
+            self.stats.run_intervals.push(RunInterval { start: since, end: ts, tid });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUNNING: ThreadState = ThreadState::Running { since: 0, cpu: 0 };
+    fn off(why: OffCpu) -> ThreadState {
+        ThreadState::Off { since: 0, why }
+    }
+
+    #[test]
+    fn a_task_life_splits_into_queue_running_and_parked_time() {
+        let mut t = TaskTracker::default();
+        t.apply(100, 1, 10, 7, Transition::Spawn { parent: None });
+        t.apply(150, 1, 10, 7, Transition::Run); // queued 50
+        // Its thread is preempted at 200 and back at 260: 60 CFS-stolen.
+        t.flush(10, 200, RUNNING, false);
+        t.flush(10, 260, off(OffCpu::Preempted), false);
+        t.flush(10, 300, RUNNING, false);
+        t.apply(300, 1, 10, 7, Transition::Park { reason: ParkReason::Netpoll, fd: Some(5) });
+        t.apply(900, 1, 11, 7, Transition::Ready { waker: Waker::Netpoller }); // parked 600
+        t.apply(920, 1, 11, 7, Transition::Run); // queued 20, on another thread
+        t.flush(11, 1_000, RUNNING, false);
+        t.apply(1_000, 1, 11, 7, Transition::Exit);
+        let s = &t.finish(2_000, |_| RUNNING)[0];
+        assert_eq!((s.on_cpu_ns, s.cfs_stolen_ns, s.queue_ns), (50 + 40 + 80, 60, 70));
+        assert_eq!(s.parked_ns.get(&ParkReason::Netpoll), Some(&600));
+        assert_eq!(s.queue_latencies_ns, vec![50, 20]);
+        assert_eq!((s.runs, s.thread_changes, s.exited), (2, 1, true));
+        assert_eq!(
+            s.run_intervals,
+            vec![
+                RunInterval { start: 150, end: 300, tid: 10 },
+                RunInterval { start: 920, end: 1_000, tid: 11 }
+            ]
+        );
+        assert_eq!(s.running_ns(), 300 - 150 + 1_000 - 920);
+    }
+
+    #[test]
+    fn blocking_sections_and_unknowable_windows() {
+        let mut t = TaskTracker::default();
+        t.apply(0, 1, 10, 3, Transition::Run);
+        t.apply(10, 1, 10, 3, Transition::BlockEnter);
+        t.flush(10, 20, RUNNING, false);
+        t.flush(10, 70, off(OffCpu::Sleeping), false); // in the blocking read
+        t.apply(70, 1, 10, 3, Transition::BlockExit);
+        t.flush(10, 90, off(OffCpu::Sleeping), false); // a page fault outside the section
+        t.flush(10, 95, off(OffCpu::Preempted), true); // a switch-in the trace missed
+        let s = &t.finish(100, |_| RUNNING)[0];
+        assert_eq!((s.blocking_call_ns, s.kernel_blocked_ns, s.unaccounted_ns), (50, 20, 5));
+        assert_eq!(s.on_cpu_ns, 20 + 5);
+    }
+
+    #[test]
+    fn a_second_wake_up_of_a_runnable_task_changes_nothing() {
+        let mut t = TaskTracker::default();
+        t.apply(0, 1, 10, 3, Transition::Spawn { parent: Some(1) });
+        t.apply(5, 1, 10, 3, Transition::Ready { waker: Waker::Task(2) });
+        t.apply(8, 1, 10, 3, Transition::Run);
+        let s = &t.finish(8, |_| RUNNING)[0];
+        assert_eq!(s.queue_latencies_ns, vec![8]);
+        assert_eq!(s.wakers.get(&Waker::Task(2)), None);
+        assert_eq!(s.parent, Some(1));
+    }
+
+    #[test]
+    fn reads_the_reference_runtime_probes() {
+        let a = [7, 3, 2, 0, 0];
+        assert_eq!(
+            transition("refrt", "task_ready", &a),
+            Some((7, Transition::Ready { waker: Waker::Netpoller }))
+        );
+        let park = [7, 1, 9, 0, 0];
+        assert_eq!(
+            transition("refrt", "task_park", &park),
+            Some((7, Transition::Park { reason: ParkReason::Netpoll, fd: Some(9) }))
+        );
+        assert_eq!(transition("refrt", "steal", &a), None);
+        assert_eq!(transition("other", "task_run", &a), None);
+    }
+}
