@@ -273,7 +273,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let flags = if preempt & 0xff != 0 { switch_flags::PREEMPT } else { 0 };
     // Where the outgoing thread was in user mode (see SwitchRecord::prev_user_ip).
     let prev_user_ip = if prev_traced {
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+        let regs = unsafe { bpf_task_pt_regs(prev.0 as *mut _) } as u64;
         Task(regs).field::<u64>(global(&PT_REGS_IP))
     } else {
         0
@@ -316,12 +316,12 @@ const MAX_THREAD_SIZE: u64 = 32 << 10;
 /// stack, above the user registers saved at entry, whose `orig_ax` is then negative (it holds
 /// the syscall number when the task entered with a syscall).
 #[inline(always)]
-fn context_flags(ctx: &BtfTracePointContext) -> u32 {
+fn context_flags(ctx: &BtfTracePointContext, current: Task) -> u32 {
     let (stack_off, orig_ax_off) = (global(&TASK_STACK), global(&PT_REGS_ORIG_AX));
     if stack_off == u32::MAX || orig_ax_off == u32::MAX {
         return 0;
     }
-    let base = Task(unsafe { bpf_get_current_task_btf() } as u64).field::<u64>(stack_off);
+    let base = current.field::<u64>(stack_off);
     if base == 0 {
         return 0;
     }
@@ -332,7 +332,7 @@ fn context_flags(ctx: &BtfTracePointContext) -> u32 {
     if args.wrapping_sub(base) >= MAX_THREAD_SIZE {
         return waking_flags::CONTEXT_KNOWN | waking_flags::IN_IRQ;
     }
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let regs = unsafe { bpf_task_pt_regs(current.0 as *mut _) } as u64;
     let orig_ax = Task(regs).field::<i64>(orig_ax_off);
     if orig_ax < 0 {
         waking_flags::CONTEXT_KNOWN | waking_flags::IN_IRQ
@@ -348,8 +348,10 @@ fn wake(ctx: &BtfTracePointContext, kind: u8) -> i32 {
     if !traced(target_pid) {
         return 0;
     }
-    let (tid, pid) = current();
-    let flags = if kind == kind::WAKING { context_flags(ctx) } else { 0 };
+    // The waker is the current task: its ids are loads, not a helper call.
+    let current = Task(unsafe { bpf_get_current_task_btf() } as u64);
+    let (tid, pid) = (current.tid(), current.pid());
+    let flags = if kind == kind::WAKING { context_flags(ctx, current) } else { 0 };
     emit(
         kind,
         WakeRecord {

@@ -63,13 +63,8 @@ fn main() {
     let child = fork_child(scale, &release_r);
 
     let measured: Arc<Mutex<Vec<Measured>>> = Arc::default();
-    let workers: Vec<(&str, Work)> = vec![
-        ("tl-sleeper", sleeper),
-        ("tl-epoller", epoller),
-        ("tl-hog-0", hog),
-        ("tl-hog-1", hog),
-        ("tl-hog-2", hog),
-    ];
+    let workers: Vec<(&str, Work)> =
+        vec![("tl-sleeper", sleeper), ("tl-epoller", epoller), ("tl-hog-0", hog), ("tl-hog-1", hog)];
     let mut handles = Vec::new();
     for (name, work) in workers {
         let (measured, release) = (measured.clone(), release_r.clone());
@@ -117,7 +112,7 @@ fn main() {
     let me = std::process::id();
     let mut parked: Vec<(u32, u32)> = loop {
         let ms = measured.lock().unwrap();
-        if ms.len() == 7 {
+        if ms.len() == 6 {
             break ms.iter().map(|m| (me, m.tid)).collect();
         }
         drop(ms);
@@ -161,9 +156,9 @@ fn start(name: &str) -> Measured {
     Measured { name: name.into(), tid, work_start_ns: monotonic_ns(), ..Default::default() }
 }
 
-/// 40 sleeps of 5 ms on CPU 1.
+/// 40 sleeps of 5 ms on CPU 0, beside the two hogs: each wake-up waits for a CPU.
 fn sleeper(scale: u64, m: &mut Measured) {
-    pin_to(1);
+    pin_to(0);
     for _ in 0..40 * scale {
         let t = Instant::now();
         thread::sleep(Duration::from_millis(5));
@@ -227,7 +222,7 @@ fn hog(scale: u64, _m: &mut Measured) {
     }
 }
 
-/// Forks a child process that sleeps 3 × 10 ms, sends what it measured through a pipe, and
+/// Forks a child process that sleeps 50 × 20 ms, sends what it measured through a pipe, and
 /// parks on `release` like the threads. Returns its pid and measurements.
 fn fork_child(scale: u64, release: &OwnedFd) -> Option<(i32, Measured)> {
     let (r, w) = pipe();
@@ -237,9 +232,9 @@ fn fork_child(scale: u64, release: &OwnedFd) -> Option<(i32, Measured)> {
     if pid == 0 {
         drop(r);
         let mut m = start("tl-child");
-        for _ in 0..3 * scale {
+        for _ in 0..50 * scale {
             let t = Instant::now();
-            thread::sleep(Duration::from_millis(10));
+            thread::sleep(Duration::from_millis(20));
             m.slept_ns += t.elapsed().as_nanos() as u64;
             m.sleeps += 1;
         }

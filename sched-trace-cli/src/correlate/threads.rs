@@ -76,6 +76,8 @@ pub struct ThreadStats {
     pub latencies_ns: Vec<u64>,
     /// How many of those started with a wake-up (the rest with a preemption).
     pub latencies_from_wakeup: u64,
+    /// Interruptible sleeps (outside epoll) that a wake-up ended: switch-out → wake-up, in order.
+    pub sleeps_ns: Vec<u64>,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
     pub migrations: u64,
@@ -291,7 +293,11 @@ impl ThreadTracker {
                         since,
                         why: why @ (OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked),
                     } => {
-                        t.stats.add_off(why, e.ts.saturating_sub(since));
+                        let ns = e.ts.saturating_sub(since);
+                        t.stats.add_off(why, ns);
+                        if why == OffCpu::Sleeping {
+                            t.stats.sleeps_ns.push(ns);
+                        }
                     }
                     ThreadState::Unknown if new => {}
                     // Already running or runnable (woken before it got off the CPU), or of

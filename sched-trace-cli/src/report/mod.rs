@@ -93,6 +93,29 @@ pub struct Latency {
     pub total_ns: u64,
 }
 
+/// A distribution of durations.
+#[derive(Debug, Default, Serialize)]
+pub struct Durations {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    pub total_ns: u64,
+}
+
+impl Durations {
+    pub fn of(mut values: Vec<u64>) -> Durations {
+        values.sort_unstable();
+        Durations {
+            count: values.len() as u64,
+            p50_ns: percentile(&values, 50.0),
+            p99_ns: percentile(&values, 99.0),
+            max_ns: values.last().copied().unwrap_or(0),
+            total_ns: values.iter().sum(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct OffCpuReport {
     pub total_ns: u64,
@@ -127,6 +150,8 @@ pub struct ThreadReport {
     pub on_cpu_ns: u64,
     pub off_cpu: OffCpuReport,
     pub runqueue_latency: Latency,
+    /// Interruptible sleeps (outside epoll) ended by a wake-up: switch-out → wake-up.
+    pub sleeps: Durations,
     pub switches: Switches,
     pub migrations: u64,
     /// Who woke it, most frequent first.
@@ -177,6 +202,7 @@ impl Report {
                     on_cpu_ns: t.on_cpu_ns,
                     off_cpu: off_cpu(std::slice::from_ref(t)),
                     runqueue_latency: latency(std::slice::from_ref(t)),
+                    sleeps: Durations::of(t.sleeps_ns.clone()),
                     switches: Switches {
                         voluntary: t.voluntary_switches,
                         involuntary: t.involuntary_switches,
