@@ -4,9 +4,11 @@
 //! - [`record`]: the only part that talks to the kernel (load probes, drain, write the trace);
 //! - [`trace`]: the trace file format, its writer and its reader;
 //! - [`correlate`]: per-thread (and per-task) timelines rebuilt from a trace;
-//! - [`report`]: numbers per thread and process, as text or JSON.
+//! - [`report`]: numbers per thread, process, user task and CPU, as text or JSON;
+//! - [`export`]: the correlated timelines as tracks for Perfetto or the Chrome trace viewer.
 
 pub mod correlate;
+pub mod export;
 pub mod record;
 pub mod report;
 pub mod trace;

@@ -11,9 +11,9 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sched_trace::{
-    correlate,
+    correlate, export,
     record::{self, RecordOptions},
-    report::{self, Report},
+    report::{self, Report, ReportFilter},
     trace::TraceReader,
     units,
 };
@@ -72,6 +72,27 @@ enum Command {
         /// Rows per table in the text report.
         #[arg(long, default_value_t = 30)]
         limit: usize,
+        /// Only this process: its threads and its user-level tasks.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Only this thread, and the user-level tasks that ran on it.
+        #[arg(long)]
+        tid: Option<u32>,
+        /// Only the user-level task with this id (with --pid when several processes have one).
+        #[arg(long = "task", value_name = "ID")]
+        task: Option<u64>,
+    },
+    /// Write the correlated timelines for a trace viewer: a track per thread, per CPU and per
+    /// user-level task (Perfetto's protobuf format for ui.perfetto.dev, or Chrome JSON).
+    Export {
+        /// The trace file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "perfetto")]
+        format: ExportFormat,
+        /// File to write.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Record a demo workload and write its trace and report into a directory.
     Demo {
@@ -116,8 +137,11 @@ fn main() -> ExitCode {
             };
             run_record(opts)
         }
-        Command::Report { file, json, limit } => run_report(&file, json, limit).map(|()| 0),
+        Command::Report { file, json, limit, pid, tid, task } => {
+            run_report(&file, json, limit, &ReportFilter { pid, tid, task }).map(|()| 0)
+        }
         Command::Dump { file, tid } => run_dump(&file, tid).map(|()| 0),
+        Command::Export { file, format, output } => run_export(&file, format, &output).map(|()| 0),
         Command::Demo { output, workload } => run_demo(&output, &workload),
     };
     match result {
@@ -168,15 +192,56 @@ fn run_record(opts: RecordOptions) -> Result<i32> {
     Ok(summary.exit_code())
 }
 
-fn load_report(file: &Path) -> Result<Report> {
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportFormat {
+    /// Perfetto's native protobuf trace (opens in ui.perfetto.dev).
+    Perfetto,
+    /// Chrome trace-event JSON (chrome://tracing; Perfetto opens it too).
+    ChromeJson,
+}
+
+fn run_export(file: &Path, format: ExportFormat, output: &Path) -> Result<()> {
+    let reader = TraceReader::open(file).with_context(|| format!("reading trace {}", file.display()))?;
+    let correlation = correlate::correlate_with_timelines(reader)
+        .with_context(|| format!("reading trace {}", file.display()))?;
+    let tracks = export::Tracks::build(&correlation);
+    let summary = match format {
+        ExportFormat::Perfetto => export::perfetto::write(&tracks, output),
+        ExportFormat::ChromeJson => export::chrome::write(&tracks, output),
+    }
+    .with_context(|| format!("exporting {} to {}", file.display(), output.display()))?;
+    eprintln!(
+        "sched-trace: wrote {}: {} threads, {} CPUs, {} user-level tasks, {} slices",
+        output.display(),
+        units::count(summary.threads as u64),
+        summary.cpus,
+        units::count(summary.tasks as u64),
+        units::count(summary.slices as u64)
+    );
+    Ok(())
+}
+
+fn load_report(file: &Path, filter: &ReportFilter) -> Result<Report> {
     let reader = TraceReader::open(file).with_context(|| format!("reading trace {}", file.display()))?;
     let correlation =
         correlate::correlate(reader).with_context(|| format!("reading trace {}", file.display()))?;
-    Ok(Report::build(file, &correlation))
+    Ok(Report::build_filtered(file, &correlation, filter))
 }
 
-fn run_report(file: &Path, json: bool, limit: usize) -> Result<()> {
-    let report = load_report(file)?;
+fn run_report(file: &Path, json: bool, limit: usize, filter: &ReportFilter) -> Result<()> {
+    let report = load_report(file, filter)?;
+    if let Some(id) = filter.task
+        && report.tasks.is_none()
+    {
+        anyhow::bail!(
+            "{} has no user-level task {id}{}",
+            file.display(),
+            match filter.pid {
+                Some(pid) => format!(" in PID {pid}"),
+                None => String::new(),
+            }
+        );
+    }
     let mut out = std::io::stdout().lock();
     let written = if json {
         serde_json::to_writer_pretty(&mut out, &report)
@@ -235,7 +300,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         usdt_binaries: Vec::new(),
         usdt: true,
     })?;
-    let report = load_report(&trace)?;
+    let report = load_report(&trace, &ReportFilter::default())?;
     let text = report::text::render(&report, 30);
     let txt = dir.join("report.txt");
     std::fs::write(&txt, &text).with_context(|| format!("writing {}", txt.display()))?;

@@ -15,12 +15,6 @@ use sched_trace::{
 };
 use support::*;
 
-fn refrt() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_sched-trace")).with_file_name("refrt");
-    assert!(p.exists(), "{} is not built: run `cargo build --bins` (cargo xtask test does)", p.display());
-    p
-}
-
 /// One task's life according to the runtime's log.
 #[derive(Default, Debug)]
 struct TruthTask {

@@ -6,7 +6,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
 };
 
@@ -20,12 +20,6 @@ struct Transition {
     tid: u32,
     name: String,
     args: Vec<u64>,
-}
-
-fn refrt() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_sched-trace")).with_file_name("refrt");
-    assert!(p.exists(), "{} is not built: run `cargo build --bins` (cargo xtask test does)", p.display());
-    p
 }
 
 /// Parses the runtime's log: `<ts_ns> <tid> <probe> <args...>` per line.

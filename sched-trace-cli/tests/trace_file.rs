@@ -15,32 +15,13 @@ use sched_trace::{
         synthetic as syn,
     },
 };
-use sched_trace_abi::{ABI_VERSION, kind};
+use sched_trace_abi::kind;
 use support::*;
 
 const P: u32 = 500;
 
 fn info() -> TraceInfo {
-    TraceInfo {
-        abi_version: ABI_VERSION,
-        recorder: "sched-trace test".into(),
-        hostname: "testhost".into(),
-        kernel_release: "6.18.0-test".into(),
-        possible_cpus: 2,
-        online_cpus: vec![0, 1],
-        clock: "CLOCK_MONOTONIC".into(),
-        realtime_offset_ns: 1_795_000_000_000_000_000,
-        realtime_offset_error_ns: 10,
-        start_ns: 1_000,
-        command_line: vec!["sched-trace".into(), "record".into()],
-        recorder_pid: 1,
-        target: TraceTarget::Command { argv: vec!["./app".into()], pid: P },
-        ring_buffer_bytes: 1 << 20,
-        probes: vec!["raw_tracepoint:sched_switch".into()],
-        task_fields: vec!["pid".into()],
-        user_probes: Vec::new(),
-        skipped_user_probes: Vec::new(),
-    }
+    synthetic_info(TraceTarget::Command { argv: vec!["./app".into()], pid: P }, Vec::new())
 }
 
 /// A small but complete recording: two threads taking turns, a ping-pong of wake-ups, a few

@@ -2,7 +2,8 @@
 //!
 //! `setup` installs, idempotently, everything a fresh machine of the supported kind lacks for
 //! building the kernel programs (Debian's Rust with its library source, LLVM 22, bpf-linker) and
-//! for the tests (bpftool, bpftrace, perf). The other tasks run it first.
+//! for the tests (bpftool, bpftrace, perf, and a Python with Perfetto's protobuf classes). The
+//! other tasks run it first.
 
 use std::{
     path::{Path, PathBuf},
@@ -29,6 +30,9 @@ const PACKAGES: &[&str] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLS_DIR: &str = "/opt/sched-trace/tools";
+/// A Python with Perfetto's own protobuf classes, for the test that reads exports back.
+const VENV_DIR: &str = "/opt/sched-trace/venv";
+const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf==7.36.2"];
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -193,6 +197,23 @@ fn setup() -> Result<()> {
             .env_remove("CARGO")
             .env_remove("RUSTC_WRAPPER");
         run(&mut cmd, "cargo install bpf-linker")?;
+    }
+
+    let python = Path::new(VENV_DIR).join("bin/python");
+    let have_perfetto = Command::new(&python)
+        .args(["-c", "import perfetto.protos.perfetto.trace.perfetto_trace_pb2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_perfetto {
+        require_root(&format!("creating the Python environment {VENV_DIR}"))?;
+        eprintln!("xtask setup: installing {} into {VENV_DIR}", PYTHON_PACKAGES.join(" "));
+        run(Command::new("python3").args(["-m", "venv", VENV_DIR]), "python3 -m venv")?;
+        run(
+            Command::new(Path::new(VENV_DIR).join("bin/pip"))
+                .args(["install", "--quiet"])
+                .args(PYTHON_PACKAGES),
+            "pip install",
+        )?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Bumped whenever a record layout or a kind's meaning changes.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Length of a kernel `comm` (TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -161,6 +161,9 @@ pub struct WakeRecord {
     pub target_pid: u32,
     pub target_cpu: u32,
     pub target_prio: i32,
+    /// `se.vruntime` of the woken task once CFS placed it in the run queue (`sched_wakeup`,
+    /// `sched_wakeup_new`; 0 for `sched_waking`, which fires before that).
+    pub target_vruntime: u64,
 }
 
 /// `sched_migrate_task`.
@@ -330,7 +333,7 @@ const _: () = {
     assert!(offset_of!(RecordHeader, pid) == 16);
     assert!(offset_of!(RecordHeader, flags) == 20);
     assert!(size_of::<SwitchRecord>() == 72);
-    assert!(size_of::<WakeRecord>() == 40);
+    assert!(size_of::<WakeRecord>() == 48);
     assert!(size_of::<MigrateRecord>() == 40);
     assert!(size_of::<ForkRecord>() == 48);
     assert!(size_of::<ExecRecord>() == 48);

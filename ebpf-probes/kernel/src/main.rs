@@ -360,6 +360,7 @@ fn wake(ctx: &BtfTracePointContext, kind: u8) -> i32 {
             target_pid,
             target_cpu: p.cpu(),
             target_prio: p.prio(),
+            target_vruntime: if kind == kind::WAKING { 0 } else { p.vruntime() },
         },
     );
     0

@@ -5,8 +5,13 @@ pub mod tasks;
 pub mod threads;
 
 use crate::trace::{EventKind, TraceError, TraceInfo, TraceReader, TraceTables, TraceTarget};
-pub use tasks::{ParkReason, RunInterval, TaskStats, TaskTracker, Transition, Waker};
-pub use threads::{CpuStats, IRQ_WAKER, OffCpu, Scope, ThreadState, ThreadStats, ThreadTracker};
+pub use tasks::{
+    ParkReason, Queue, RunInterval, RunSegment, TaskSpan, TaskSpanState, TaskStats, TaskTracker, Transition,
+    Waker,
+};
+pub use threads::{
+    CpuStats, IRQ_WAKER, OffCpu, Scope, SpanState, ThreadSpan, ThreadState, ThreadStats, ThreadTracker,
+};
 
 /// Everything the analyses know about one trace.
 #[derive(Debug)]
@@ -49,6 +54,15 @@ impl Correlator {
         }
     }
 
+    /// Also keep the timelines of every thread and task (for exports).
+    pub fn with_timelines(self) -> Self {
+        Correlator {
+            threads: self.threads.with_timelines(),
+            tasks: self.tasks.with_timelines(),
+            user_probe_hits: self.user_probe_hits,
+        }
+    }
+
     /// Takes one event. `probe` names the user-level probe of a `UserTask` event
     /// (provider, name), from the trace's probe table.
     pub fn event(&mut self, e: &crate::trace::Event, probe: Option<(&str, &str)>) {
@@ -87,8 +101,20 @@ impl Correlator {
 }
 
 /// Reads the whole trace and correlates it.
-pub fn correlate<R: std::io::Read>(mut reader: TraceReader<R>) -> Result<Correlation, TraceError> {
+pub fn correlate<R: std::io::Read>(reader: TraceReader<R>) -> Result<Correlation, TraceError> {
+    run(reader, false)
+}
+
+/// Like [`correlate`], keeping every thread's and task's timeline too (`timeline` fields).
+pub fn correlate_with_timelines<R: std::io::Read>(reader: TraceReader<R>) -> Result<Correlation, TraceError> {
+    run(reader, true)
+}
+
+fn run<R: std::io::Read>(mut reader: TraceReader<R>, timelines: bool) -> Result<Correlation, TraceError> {
     let mut c = Correlator::new(scope_of(reader.info()));
+    if timelines {
+        c = c.with_timelines();
+    }
     let mut first_ts = None;
     while let Some(e) = reader.next_event()? {
         first_ts.get_or_insert(e.ts);

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::threads::{OffCpu, ThreadState};
 
 /// Why a task parked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ParkReason {
     Netpoll,
@@ -48,13 +48,25 @@ pub enum Waker {
     Spawn,
 }
 
-/// A runtime's scheduling transition, whatever the runtime.
+/// Which runtime queue a runnable task waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Queue {
+    /// A logical processor's (P's) local run queue.
+    Local(u64),
+    Global,
+    /// The runtime does not say.
+    Unknown,
+}
+
+/// A runtime's scheduling transition, whatever the runtime. `p`: the logical processor whose
+/// queue the task went to, or ran on, when the runtime says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
-    Spawn { parent: Option<u64> },
-    Run,
+    Spawn { parent: Option<u64>, queue: Queue },
+    Run { p: Option<u64> },
     Park { reason: ParkReason, fd: Option<u64> },
-    Ready { waker: Waker },
+    Ready { waker: Waker, queue: Queue },
     Exit,
     BlockEnter,
     BlockExit,
@@ -68,9 +80,10 @@ pub fn transition(provider: &str, name: &str, args: &[u64]) -> Option<(u64, Tran
         return None;
     }
     let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    let queue = |p: u64| if p == NONE { Queue::Global } else { Queue::Local(p) };
     let t = match name {
-        "task_spawn" => Transition::Spawn { parent: (arg(1) != 0).then_some(arg(1)) },
-        "task_run" => Transition::Run,
+        "task_spawn" => Transition::Spawn { parent: (arg(1) != 0).then_some(arg(1)), queue: queue(arg(2)) },
+        "task_run" => Transition::Run { p: (arg(2) != NONE).then_some(arg(2)) },
         "task_park" => Transition::Park {
             reason: match arg(1) {
                 1 => ParkReason::Netpoll,
@@ -88,6 +101,7 @@ pub fn transition(provider: &str, name: &str, args: &[u64]) -> Option<(u64, Tran
                 3 => Waker::Timer,
                 _ => Waker::Other,
             },
+            queue: queue(arg(3)),
         },
         "task_exit" => Transition::Exit,
         "block_enter" => Transition::BlockEnter,
@@ -106,6 +120,46 @@ pub struct RunInterval {
     pub start: u64,
     pub end: u64,
     pub tid: u32,
+}
+
+/// What the thread under a running task was doing, over one stretch of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunSegment {
+    OnCpu,
+    /// Its thread waited in a CFS run queue (woken, or preempted).
+    CfsStolen,
+    /// Its thread slept in the kernel outside a blocking section.
+    KernelBlocked,
+    /// In a blocking section, its thread off CPU.
+    BlockingCall,
+    /// The trace cannot tell (a missed switch-in).
+    Unaccounted,
+}
+
+/// One stretch of a task's timeline (kept only when the tracker records timelines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskSpan {
+    pub start: u64,
+    pub end: u64,
+    pub state: TaskSpanState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskSpanState {
+    Runnable(Queue),
+    Running {
+        tid: u32,
+    },
+    /// Inside a run: what its thread did (nested in the `Running` span).
+    Segment {
+        tid: u32,
+        what: RunSegment,
+    },
+    Parked {
+        reason: ParkReason,
+        fd: Option<u64>,
+    },
 }
 
 /// Totals for one task.
@@ -133,6 +187,11 @@ pub struct TaskStats {
     /// Queue waits (ready → run), in order.
     #[serde(skip)]
     pub queue_latencies_ns: Vec<u64>,
+    /// Waits in a P's local queue and in the global queue...
+    pub local_queue_waits: u64,
+    pub global_queue_waits: u64,
+    /// ...and runs taken from another P's local queue than the one the task waited in (stolen).
+    pub stolen: u64,
     pub runs: u64,
     /// Times it yielded (and stayed runnable).
     pub yields: u64,
@@ -141,6 +200,9 @@ pub struct TaskStats {
     pub wakers: HashMap<Waker, u64>,
     #[serde(skip)]
     pub run_intervals: Vec<RunInterval>,
+    /// Its timeline, when the tracker recorded one.
+    #[serde(skip)]
+    pub timeline: Vec<TaskSpan>,
 }
 
 impl TaskStats {
@@ -161,9 +223,9 @@ impl TaskStats {
 #[derive(Clone, Copy, Debug)]
 enum TaskState {
     Unknown,
-    Runnable { since: u64 },
+    Runnable { since: u64, queue: Queue },
     Running { tid: u32, since: u64 },
-    Parked { since: u64, reason: ParkReason },
+    Parked { since: u64, reason: ParkReason, fd: Option<u64> },
     Exited,
 }
 
@@ -172,6 +234,7 @@ struct Task {
     state: TaskState,
     in_blocking_call: bool,
     last_tid: Option<u32>,
+    record: bool,
 }
 
 /// Folds runtime transitions and the thread states under running tasks into per-task totals.
@@ -180,9 +243,16 @@ pub struct TaskTracker {
     tasks: FxHashMap<TaskKey, Task>,
     /// Per thread, the task running on it and when its current segment began.
     running: FxHashMap<u32, (TaskKey, u64)>,
+    record_timelines: bool,
 }
 
 impl TaskTracker {
+    /// Also keep every task's timeline (`TaskStats::timeline`), for exports.
+    pub fn with_timelines(mut self) -> Self {
+        self.record_timelines = true;
+        self
+    }
+
     /// Whether any task runs on thread `tid` (cheap, for the hot path).
     pub fn has_running(&self, tid: u32) -> bool {
         !self.running.is_empty() && self.running.contains_key(&tid)
@@ -198,75 +268,100 @@ impl TaskTracker {
         *since = ts;
         let key = *key;
         let Some(task) = self.tasks.get_mut(&key) else { return };
+        let what = match state {
+            ThreadState::Running { .. } => RunSegment::OnCpu,
+            ThreadState::Off { .. } if proves_running => RunSegment::Unaccounted,
+            ThreadState::Off { why: OffCpu::Woken | OffCpu::Preempted, .. } => RunSegment::CfsStolen,
+            ThreadState::Off { .. } if task.in_blocking_call => RunSegment::BlockingCall,
+            ThreadState::Off { .. } => RunSegment::KernelBlocked,
+            ThreadState::Unknown | ThreadState::Dead => RunSegment::Unaccounted,
+        };
         let s = &mut task.stats;
-        match state {
-            ThreadState::Running { .. } => s.on_cpu_ns += dur,
-            ThreadState::Off { .. } if proves_running => s.unaccounted_ns += dur,
-            ThreadState::Off { why: OffCpu::Woken | OffCpu::Preempted, .. } => s.cfs_stolen_ns += dur,
-            ThreadState::Off { .. } if task.in_blocking_call => s.blocking_call_ns += dur,
-            ThreadState::Off { .. } => s.kernel_blocked_ns += dur,
-            ThreadState::Unknown | ThreadState::Dead => s.unaccounted_ns += dur,
-        }
+        *match what {
+            RunSegment::OnCpu => &mut s.on_cpu_ns,
+            RunSegment::CfsStolen => &mut s.cfs_stolen_ns,
+            RunSegment::KernelBlocked => &mut s.kernel_blocked_ns,
+            RunSegment::BlockingCall => &mut s.blocking_call_ns,
+            RunSegment::Unaccounted => &mut s.unaccounted_ns,
+        } += dur;
+        task.span(ts - dur, ts, TaskSpanState::Segment { tid, what });
     }
 
     /// Applies a runtime transition of task `task` of process `pid`, fired on thread `tid` at
     /// `ts`. The thread's segment must have been flushed up to `ts`.
     pub fn apply(&mut self, ts: u64, pid: u32, tid: u32, task: u64, t: Transition) {
         let key = (pid, task);
+        let record = self.record_timelines;
         let entry = self.tasks.entry(key).or_insert_with(|| Task {
             stats: TaskStats { pid, task, first_ts: ts, ..Default::default() },
             state: TaskState::Unknown,
             in_blocking_call: false,
             last_tid: None,
+            record,
         });
         match t {
-            Transition::Spawn { parent } => {
+            Transition::Spawn { parent, queue } => {
                 entry.stats.parent = parent;
                 *entry.stats.wakers.entry(Waker::Spawn).or_default() += 1;
-                entry.state = TaskState::Runnable { since: ts };
+                entry.set_state(ts, TaskState::Runnable { since: ts, queue });
             }
-            Transition::Ready { waker } => {
+            Transition::Ready { waker, queue } => {
                 match entry.state {
-                    TaskState::Parked { since, reason } => {
+                    TaskState::Parked { since, reason, .. } => {
                         *entry.stats.parked_ns.entry(reason).or_default() += ts.saturating_sub(since);
                     }
                     TaskState::Unknown => {}
+                    // A yielded task is runnable already: the ready says where it was queued.
+                    TaskState::Runnable { since, queue: Queue::Unknown } => {
+                        entry.state = TaskState::Runnable { since, queue };
+                        return;
+                    }
                     // Already runnable or running: the runtime ignores a second wake-up.
                     _ => return,
                 }
                 *entry.stats.wakers.entry(waker).or_default() += 1;
-                entry.state = TaskState::Runnable { since: ts };
+                entry.set_state(ts, TaskState::Runnable { since: ts, queue });
             }
-            Transition::Run => {
-                if let TaskState::Runnable { since } = entry.state {
+            Transition::Run { p } => {
+                if let TaskState::Runnable { since, queue } = entry.state {
                     let wait = ts.saturating_sub(since);
                     entry.stats.queue_ns += wait;
                     entry.stats.queue_latencies_ns.push(wait);
+                    match queue {
+                        Queue::Local(q) => {
+                            entry.stats.local_queue_waits += 1;
+                            if p.is_some_and(|p| p != q) {
+                                entry.stats.stolen += 1;
+                            }
+                        }
+                        Queue::Global => entry.stats.global_queue_waits += 1,
+                        Queue::Unknown => {}
+                    }
                 }
                 entry.stats.runs += 1;
                 if entry.last_tid.is_some_and(|last| last != tid) {
                     entry.stats.thread_changes += 1;
                 }
                 entry.last_tid = Some(tid);
-                entry.state = TaskState::Running { tid, since: ts };
+                entry.set_state(ts, TaskState::Running { tid, since: ts });
                 self.running.insert(tid, (key, ts));
             }
-            Transition::Park { reason, .. } => {
-                entry.end_run(ts);
+            Transition::Park { reason, fd } => {
                 // A yield leaves the task runnable (Go's Gosched queues it): its wait counts as
-                // queue time, and the runtime's ready that follows changes nothing.
-                entry.state = if reason == ParkReason::Yield {
+                // queue time, and the runtime's ready that follows changes nothing but the
+                // queue it names.
+                let next = if reason == ParkReason::Yield {
                     entry.stats.yields += 1;
-                    TaskState::Runnable { since: ts }
+                    TaskState::Runnable { since: ts, queue: Queue::Unknown }
                 } else {
-                    TaskState::Parked { since: ts, reason }
+                    TaskState::Parked { since: ts, reason, fd }
                 };
+                entry.set_state(ts, next);
                 self.running.remove(&tid);
             }
             Transition::Exit => {
-                entry.end_run(ts);
                 entry.stats.exited = true;
-                entry.state = TaskState::Exited;
+                entry.set_state(ts, TaskState::Exited);
                 self.running.remove(&tid);
             }
             Transition::BlockEnter => entry.in_blocking_call = true,
@@ -286,13 +381,13 @@ impl TaskTracker {
             .into_values()
             .map(|mut t| {
                 match t.state {
-                    TaskState::Running { .. } => t.end_run(end),
-                    TaskState::Runnable { since } => t.stats.queue_ns += end.saturating_sub(since),
-                    TaskState::Parked { since, reason } => {
+                    TaskState::Runnable { since, .. } => t.stats.queue_ns += end.saturating_sub(since),
+                    TaskState::Parked { since, reason, .. } => {
                         *t.stats.parked_ns.entry(reason).or_default() += end.saturating_sub(since)
                     }
-                    TaskState::Unknown | TaskState::Exited => {}
+                    TaskState::Running { .. } | TaskState::Unknown | TaskState::Exited => {}
                 }
+                t.set_state(end, TaskState::Unknown);
                 t.stats
             })
             .collect();
@@ -302,10 +397,39 @@ impl TaskTracker {
 }
 
 impl Task {
-    fn end_run(&mut self, ts: u64) {
-        if let TaskState::Running { tid, since } = self.state {
-            self.stats.run_intervals.push(RunInterval { start: since, end: ts, tid });
+    /// Moves to `new` at `ts`, closing the run interval or the timeline span of the state it
+    /// leaves.
+    fn set_state(&mut self, ts: u64, new: TaskState) {
+        let left = match self.state {
+            TaskState::Running { tid, since } => {
+                self.stats.run_intervals.push(RunInterval { start: since, end: ts, tid });
+                Some((since, TaskSpanState::Running { tid }))
+            }
+            TaskState::Runnable { since, queue } => Some((since, TaskSpanState::Runnable(queue))),
+            TaskState::Parked { since, reason, fd } => Some((since, TaskSpanState::Parked { reason, fd })),
+            TaskState::Unknown | TaskState::Exited => None,
+        };
+        if let Some((start, state)) = left {
+            self.span(start, ts, state);
         }
+        self.state = new;
+    }
+
+    /// Adds a span to the timeline (when it is kept), merging a segment into the one before it
+    /// when they are the same.
+    fn span(&mut self, start: u64, end: u64, state: TaskSpanState) {
+        if !self.record || end <= start {
+            return;
+        }
+        if let TaskSpanState::Segment { .. } = state
+            && let Some(last) = self.stats.timeline.last_mut()
+            && last.state == state
+            && last.end == start
+        {
+            last.end = end;
+            return;
+        }
+        self.stats.timeline.push(TaskSpan { start, end, state });
     }
 }
 
@@ -321,15 +445,15 @@ mod tests {
     #[test]
     fn a_task_life_splits_into_queue_running_and_parked_time() {
         let mut t = TaskTracker::default();
-        t.apply(100, 1, 10, 7, Transition::Spawn { parent: None });
-        t.apply(150, 1, 10, 7, Transition::Run); // queued 50
+        t.apply(100, 1, 10, 7, Transition::Spawn { parent: None, queue: Queue::Local(0) });
+        t.apply(150, 1, 10, 7, Transition::Run { p: Some(0) }); // queued 50
         // Its thread is preempted at 200 and back at 260: 60 CFS-stolen.
         t.flush(10, 200, RUNNING, false);
         t.flush(10, 260, off(OffCpu::Preempted), false);
         t.flush(10, 300, RUNNING, false);
         t.apply(300, 1, 10, 7, Transition::Park { reason: ParkReason::Netpoll, fd: Some(5) });
-        t.apply(900, 1, 11, 7, Transition::Ready { waker: Waker::Netpoller }); // parked 600
-        t.apply(920, 1, 11, 7, Transition::Run); // queued 20, on another thread
+        t.apply(900, 1, 11, 7, Transition::Ready { waker: Waker::Netpoller, queue: Queue::Local(1) }); // parked 600
+        t.apply(920, 1, 11, 7, Transition::Run { p: Some(0) }); // queued 20, on another thread
         t.flush(11, 1_000, RUNNING, false);
         t.apply(1_000, 1, 11, 7, Transition::Exit);
         let s = &t.finish(2_000, |_| RUNNING)[0];
@@ -350,7 +474,7 @@ mod tests {
     #[test]
     fn blocking_sections_and_unknowable_windows() {
         let mut t = TaskTracker::default();
-        t.apply(0, 1, 10, 3, Transition::Run);
+        t.apply(0, 1, 10, 3, Transition::Run { p: Some(0) });
         t.apply(10, 1, 10, 3, Transition::BlockEnter);
         t.flush(10, 20, RUNNING, false);
         t.flush(10, 70, off(OffCpu::Sleeping), false); // in the blocking read
@@ -365,9 +489,9 @@ mod tests {
     #[test]
     fn a_second_wake_up_of_a_runnable_task_changes_nothing() {
         let mut t = TaskTracker::default();
-        t.apply(0, 1, 10, 3, Transition::Spawn { parent: Some(1) });
-        t.apply(5, 1, 10, 3, Transition::Ready { waker: Waker::Task(2) });
-        t.apply(8, 1, 10, 3, Transition::Run);
+        t.apply(0, 1, 10, 3, Transition::Spawn { parent: Some(1), queue: Queue::Global });
+        t.apply(5, 1, 10, 3, Transition::Ready { waker: Waker::Task(2), queue: Queue::Global });
+        t.apply(8, 1, 10, 3, Transition::Run { p: Some(0) });
         let s = &t.finish(8, |_| RUNNING)[0];
         assert_eq!(s.queue_latencies_ns, vec![8]);
         assert_eq!(s.wakers.get(&Waker::Task(2)), None);
@@ -379,7 +503,7 @@ mod tests {
         let a = [7, 3, 2, 0, 0];
         assert_eq!(
             transition("refrt", "task_ready", &a),
-            Some((7, Transition::Ready { waker: Waker::Netpoller }))
+            Some((7, Transition::Ready { waker: Waker::Netpoller, queue: Queue::Local(0) }))
         );
         let park = [7, 1, 9, 0, 0];
         assert_eq!(

@@ -53,6 +53,25 @@ pub enum OffCpu {
     Blocked,
 }
 
+/// One stretch of a thread's timeline (kept only when the tracker records timelines, for
+/// exports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadSpan {
+    pub start: u64,
+    pub end: u64,
+    pub state: SpanState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanState {
+    Running {
+        cpu: u16,
+    },
+    Off(OffCpu),
+    /// Around a switch-in the trace does not have: the state cannot be told.
+    Unattributed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadState {
     Unknown,
@@ -92,6 +111,10 @@ pub struct ThreadStats {
     pub unaccounted_ns: u64,
     pub first_ts: u64,
     pub last_ts: u64,
+    /// `se.load.weight` at its last switch (0: not known): 1024 is nice 0.
+    pub weight: u32,
+    /// Its timeline, when the tracker recorded one ([`ThreadTracker::with_timelines`]).
+    pub timeline: Vec<ThreadSpan>,
 }
 
 impl ThreadStats {
@@ -119,9 +142,32 @@ struct Thread {
     vruntime: u64,
     /// The CPU whose run queue it waits in, while runnable.
     queued_on: Option<u16>,
+    /// Whether to keep its timeline.
+    record: bool,
 }
 
 impl Thread {
+    /// Moves to `new` at `ts`, closing the span of the state it leaves.
+    fn set_state(&mut self, ts: u64, new: ThreadState) {
+        if self.record {
+            let left = match self.state {
+                ThreadState::Running { since, cpu } => Some((since, SpanState::Running { cpu })),
+                ThreadState::Off { since, why } => Some((since, SpanState::Off(why))),
+                ThreadState::Unknown | ThreadState::Dead => None,
+            };
+            if let Some((start, state)) = left {
+                self.span(start, ts, state);
+            }
+        }
+        self.state = new;
+    }
+
+    fn span(&mut self, start: u64, end: u64, state: SpanState) {
+        if self.record && end > start {
+            self.stats.timeline.push(ThreadSpan { start, end, state });
+        }
+    }
+
     /// The thread is seen running at `seen` but its switch-in is missing; it cannot have happened
     /// before `earliest`.
     fn missed_switch_in(&mut self, earliest: u64, seen: u64, cpu: u16) {
@@ -129,6 +175,8 @@ impl Thread {
             let earliest = earliest.clamp(since, seen);
             self.stats.add_off(why, earliest - since);
             self.stats.unaccounted_ns += seen - earliest;
+            self.span(since, earliest, SpanState::Off(why));
+            self.span(earliest, seen, SpanState::Unattributed);
         }
         self.stats.missed_switch_ins += 1;
         self.state = ThreadState::Running { since: seen, cpu };
@@ -177,6 +225,8 @@ pub struct ThreadTracker {
     cpus: Vec<CpuStats>,
     /// Per CPU, the traced threads waiting in its run queue.
     runnable: Vec<Vec<u32>>,
+    /// Keep every thread's timeline.
+    record_timelines: bool,
 }
 
 impl ThreadTracker {
@@ -192,7 +242,14 @@ impl ThreadTracker {
             last_switch: Vec::new(),
             cpus: Vec::new(),
             runnable: Vec::new(),
+            record_timelines: false,
         }
+    }
+
+    /// Also keep every thread's timeline (`ThreadStats::timeline`), for exports.
+    pub fn with_timelines(mut self) -> Self {
+        self.record_timelines = true;
+        self
     }
 
     /// The state of thread `tid` right now (`Unknown` for a thread not tracked).
@@ -240,6 +297,7 @@ impl ThreadTracker {
     }
 
     fn thread(&mut self, tid: u32, pid: u32, ts: u64) -> &mut Thread {
+        let record = self.record_timelines;
         let t = self.threads.entry(tid).or_insert_with(|| Thread {
             stats: ThreadStats { tid, pid, first_ts: ts, ..Default::default() },
             state: ThreadState::Unknown,
@@ -247,6 +305,7 @@ impl ThreadTracker {
             pending_waker: None,
             vruntime: 0,
             queued_on: None,
+            record,
         });
         t.stats.last_ts = ts;
         if t.stats.pid == 0 {
@@ -271,7 +330,7 @@ impl ThreadTracker {
                     t.missed_switch_in(last, e.ts, e.cpu);
                     self.set_queued(e.tid, None);
                 }
-                ThreadState::Unknown => t.state = ThreadState::Running { since: e.ts, cpu: e.cpu },
+                ThreadState::Unknown => t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu }),
                 _ => {}
             }
         }
@@ -304,7 +363,9 @@ impl ThreadTracker {
                     // unknown state: nothing changes.
                     _ => return,
                 }
-                t.state = ThreadState::Off { since: e.ts, why: OffCpu::Woken };
+                t.set_state(e.ts, ThreadState::Off { since: e.ts, why: OffCpu::Woken });
+                // Where CFS placed it; its vruntime from before the sleep says nothing now.
+                t.vruntime = w.vruntime;
                 if let Some(w) = waker {
                     *t.stats.wakers.entry(w).or_default() += 1;
                 }
@@ -314,6 +375,10 @@ impl ThreadTracker {
                 let t = self.thread(tid, pid, e.ts);
                 t.stats.migrations += 1;
                 let queued = t.queued_on.is_some();
+                if queued {
+                    // Placed anew in the other CPU's run queue: its vruntime is not known there.
+                    t.vruntime = 0;
+                }
                 self.cpu(orig_cpu as u16).migrations_out += 1;
                 self.cpu(dest_cpu as u16).migrations_in += 1;
                 if queued {
@@ -365,7 +430,10 @@ impl ThreadTracker {
             } else {
                 t.stats.voluntary_switches += 1;
             }
-            t.state = if still_runnable {
+            if s.prev_weight != 0 {
+                t.stats.weight = s.prev_weight;
+            }
+            let new = if still_runnable {
                 ThreadState::Off { since: e.ts, why: OffCpu::Preempted }
             } else if s.prev_state & (task_state::DEAD | task_state::EXIT_DEAD | task_state::EXIT_ZOMBIE) != 0
             {
@@ -377,6 +445,7 @@ impl ThreadTracker {
             } else {
                 ThreadState::Off { since: e.ts, why: OffCpu::Blocked }
             };
+            t.set_state(e.ts, new);
             let cpu = self.cpu(e.cpu);
             cpu.busy_ns += ran;
             if still_runnable {
@@ -401,7 +470,10 @@ impl ThreadTracker {
                     }
                 }
             }
-            t.state = ThreadState::Running { since: e.ts, cpu: e.cpu };
+            t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu });
+            if s.next_weight != 0 {
+                t.stats.weight = s.next_weight;
+            }
             if s.next_vruntime != 0 {
                 t.vruntime = s.next_vruntime;
             }
@@ -448,6 +520,7 @@ impl ThreadTracker {
                     ThreadState::Off { since, why } => t.stats.add_off(why, end.saturating_sub(since)),
                     ThreadState::Unknown | ThreadState::Dead => {}
                 }
+                t.set_state(end, ThreadState::Unknown);
                 t.stats
             })
             .collect();
@@ -499,7 +572,7 @@ mod tests {
     }
 
     fn wake(ts: u64, waker: (u32, u32), target: u32) -> Vec<Event> {
-        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120, in_irq: Some(false) };
+        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120, vruntime: 0, in_irq: Some(false) };
         vec![
             ev(ts, 1, waker.0, waker.1, EventKind::Waking(w)),
             ev(ts, 1, waker.0, waker.1, EventKind::Wakeup(w)),

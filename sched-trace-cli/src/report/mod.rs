@@ -1,6 +1,7 @@
 //! `sched-trace report`: the correlation's numbers, per thread and per process, as text or JSON.
 //! Lost events are part of every report, never hidden.
 
+pub mod tasks;
 pub mod text;
 
 use std::{
@@ -15,6 +16,7 @@ use crate::{
     correlate::{Correlation, ThreadStats},
     trace::{TaskNames, TraceTarget},
 };
+pub use tasks::{CpuReport, ReportFilter, TaskSection};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -26,6 +28,13 @@ pub struct Report {
     pub threads: Vec<ThreadReport>,
     /// User-level (USDT) probes attached, with their hits.
     pub user_probes: Vec<UserProbeReport>,
+    /// User-level tasks joined with their threads' scheduling (when the trace has runtime probes).
+    pub tasks: Option<TaskSection>,
+    /// What CFS did on each CPU (to the traced threads).
+    pub cpus: Vec<CpuReport>,
+    /// The filters this report was built with (its threads, processes and tasks are those
+    /// they select; the trace summary and the loss counts are the whole trace's).
+    pub filter: ReportFilter,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,11 +191,16 @@ const TOP_PEERS: usize = 5;
 
 impl Report {
     pub fn build(path: &Path, c: &Correlation) -> Report {
+        Self::build_filtered(path, c, &ReportFilter::default())
+    }
+
+    /// A report on the threads, processes and tasks `filter` selects.
+    pub fn build_filtered(path: &Path, c: &Correlation, filter: &ReportFilter) -> Report {
         let names = TaskNames::new(&c.tables.tasks);
         let peers = |m: &HashMap<u32, u64>| top_peers(m, &names);
+        let selected: Vec<&ThreadStats> = c.threads.iter().filter(|t| filter.thread(t.tid, t.pid)).collect();
 
-        let mut threads: Vec<ThreadReport> = c
-            .threads
+        let mut threads: Vec<ThreadReport> = selected
             .iter()
             .map(|t| {
                 let (comm, pid) = match names.last(t.tid) {
@@ -200,8 +214,8 @@ impl Report {
                     pid,
                     comm,
                     on_cpu_ns: t.on_cpu_ns,
-                    off_cpu: off_cpu(std::slice::from_ref(t)),
-                    runqueue_latency: latency(std::slice::from_ref(t)),
+                    off_cpu: off_cpu(&[t]),
+                    runqueue_latency: latency(&[t]),
                     sleeps: Durations::of(t.sleeps_ns.clone()),
                     switches: Switches {
                         voluntary: t.voluntary_switches,
@@ -219,13 +233,12 @@ impl Report {
         threads.sort_by(|a, b| b.on_cpu_ns.cmp(&a.on_cpu_ns).then(a.tid.cmp(&b.tid)));
 
         let mut by_pid: BTreeMap<u32, Vec<&ThreadStats>> = BTreeMap::new();
-        for t in &c.threads {
+        for t in &selected {
             by_pid.entry(t.pid).or_default().push(t);
         }
         let mut processes: Vec<ProcessReport> = by_pid
             .into_iter()
             .map(|(pid, ts)| {
-                let owned: Vec<ThreadStats> = ts.iter().map(|t| (*t).clone()).collect();
                 let mut wakers: HashMap<u32, u64> = HashMap::new();
                 for t in &ts {
                     for (w, n) in &t.wakers {
@@ -243,8 +256,8 @@ impl Report {
                     comm,
                     threads: ts.len() as u32,
                     on_cpu_ns: ts.iter().map(|t| t.on_cpu_ns).sum(),
-                    off_cpu: off_cpu(&owned),
-                    runqueue_latency: latency(&owned),
+                    off_cpu: off_cpu(&ts),
+                    runqueue_latency: latency(&ts),
                     switches: Switches {
                         voluntary: ts.iter().map(|t| t.voluntary_switches).sum(),
                         involuntary: ts.iter().map(|t| t.involuntary_switches).sum(),
@@ -304,11 +317,21 @@ impl Report {
                 hits: c.user_probe_hits.get(&p.index).copied().unwrap_or(0),
             })
             .collect();
-        Report { trace, lost, processes, threads, user_probes }
+        let tasks: Vec<_> = c.tasks.iter().filter(|t| filter.task(t)).collect();
+        Report {
+            trace,
+            lost,
+            processes,
+            threads,
+            user_probes,
+            tasks: TaskSection::build(&tasks),
+            cpus: tasks::cpu_reports(&c.cpus, &names),
+            filter: filter.clone(),
+        }
     }
 }
 
-fn off_cpu(ts: &[ThreadStats]) -> OffCpuReport {
+fn off_cpu(ts: &[&ThreadStats]) -> OffCpuReport {
     let mut o = OffCpuReport::default();
     for t in ts {
         o.runqueue_ns += t.runqueue_ns;
@@ -320,7 +343,7 @@ fn off_cpu(ts: &[ThreadStats]) -> OffCpuReport {
     o
 }
 
-fn latency(ts: &[ThreadStats]) -> Latency {
+fn latency(ts: &[&ThreadStats]) -> Latency {
     let mut all: Vec<u64> = ts.iter().flat_map(|t| t.latencies_ns.iter().copied()).collect();
     if all.is_empty() {
         return Latency::default();

@@ -2,8 +2,9 @@
 
 use std::fmt::Write;
 
-use super::{Latency, OffCpuReport, Report};
+use super::{CpuReport, Latency, OffCpuReport, Report, TaskSection};
 use crate::{
+    correlate::ParkReason,
     trace::TraceTarget,
     units::{count, duration_ns},
 };
@@ -70,16 +71,218 @@ pub fn render(report: &Report, limit: usize) -> String {
         }
         table(&mut out, &rows);
     }
+    if let Some(tasks) = &report.tasks {
+        render_tasks(&mut out, tasks, limit);
+    }
+    render_cpus(&mut out, &report.cpus);
     let _ = writeln!(
         out,
         "\nRUNQ: waiting for a CPU after a wake-up or preemption; LAT: run-queue latency \
          (runnable → running); VOL/INVOL: voluntary/involuntary switches; MIGR: CPU migrations."
     );
+    if report.tasks.is_some() {
+        let _ = writeln!(
+            out,
+            "Tasks: CFS-STOLEN: the runtime had the task running while its thread waited for a CPU; \
+             BLOCKED: its thread slept in the kernel (or in a blocking call); QUEUE: runnable in a \
+             runtime queue; STOLEN: runs taken from another P's queue."
+        );
+    }
     out
 }
 
+fn dash(ns: u64) -> String {
+    if ns == 0 { "-".to_string() } else { duration_ns(ns) }
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 { "-".into() } else { format!("{:.1}%", part as f64 * 100.0 / whole as f64) }
+}
+
+fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
+    let t = &s.totals;
+    let pids: Vec<String> = s.processes.iter().map(u32::to_string).collect();
+    let _ = writeln!(out, "\nUser-level tasks: {} in PID {}", count(s.tasks_total), pids.join(", "));
+    let mut running = format!(
+        "  running {}: on CPU {}, CFS-stolen {} ({} of running)",
+        duration_ns(t.running_ns),
+        duration_ns(t.on_cpu_ns),
+        duration_ns(t.cfs_stolen_ns),
+        percent(t.cfs_stolen_ns, t.running_ns),
+    );
+    for (what, ns) in [
+        ("thread blocked in the kernel", t.kernel_blocked_ns),
+        ("in blocking calls", t.blocking_call_ns),
+        ("unattributed", t.unaccounted_ns),
+    ] {
+        if ns > 0 {
+            running.push_str(&format!(", {what} {}", duration_ns(ns)));
+        }
+    }
+    let _ = writeln!(out, "{running}");
+    let parked: Vec<String> =
+        t.parked_ns.iter().map(|(r, ns)| format!("{} {}", reason(*r), duration_ns(*ns))).collect();
+    let q = &s.queue_wait;
+    let _ = writeln!(
+        out,
+        "  runtime queues: {} waits, {} in all, p50 {}, p99 {}, max {}; runs taken from another P's queue: {}",
+        count(q.count),
+        duration_ns(q.total_ns),
+        duration_ns(q.p50_ns),
+        duration_ns(q.p99_ns),
+        duration_ns(q.max_ns),
+        count(s.stolen)
+    );
+    let _ = writeln!(out, "  parked: {}", if parked.is_empty() { "never".into() } else { parked.join(", ") });
+
+    for top in &s.by_cost {
+        if top.top.is_empty() {
+            continue;
+        }
+        let d = &top.per_task;
+        let _ = writeln!(
+            out,
+            "\nTop tasks by {} ({} in all; per task: p50 {}, p99 {}, max {})",
+            match top.cost {
+                "cfs_stolen" => "CFS-stolen time",
+                "queue_wait" => "runtime queue wait",
+                "netpoll_park" => "time parked in the netpoller",
+                "other_park" => "time parked otherwise",
+                "on_cpu" => "on-CPU time",
+                other => other,
+            },
+            duration_ns(top.total_ns),
+            duration_ns(d.p50_ns),
+            duration_ns(d.p99_ns),
+            duration_ns(d.max_ns)
+        );
+        let mut rows = vec![vec!["PID".to_string(), "TASK".into(), "TIME".into(), "SHARE".into()]];
+        for (pid, task, ns) in &top.top {
+            rows.push(vec![pid.to_string(), task.to_string(), duration_ns(*ns), percent(*ns, top.total_ns)]);
+        }
+        table(out, &rows);
+    }
+
+    let _ = writeln!(out, "\nTasks by running time{}", shown(limit, s.tasks.len()));
+    let mut rows = vec![
+        [
+            "PID",
+            "TASK",
+            "RUNS",
+            "ON-CPU",
+            "CFS-STOLEN",
+            "BLOCKED",
+            "QUEUE",
+            "Q p50",
+            "Q p99",
+            "Q max",
+            "STOLEN",
+            "NETPOLL",
+            "PARKED",
+            "THREADS",
+            "TOP WAKER",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>(),
+    ];
+    for r in s.tasks.iter().take(limit) {
+        let c = &r.costs;
+        let waker = r.wakers.iter().find(|w| !matches!(w.waker, crate::correlate::Waker::Spawn)).map(|w| {
+            let who = match w.waker {
+                crate::correlate::Waker::Task(id) => format!("task {id}"),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            format!("{who} ({})", count(w.count))
+        });
+        rows.push(vec![
+            r.pid.to_string(),
+            r.task.to_string(),
+            count(r.runs),
+            dash(c.on_cpu_ns),
+            dash(c.cfs_stolen_ns),
+            dash(c.kernel_blocked_ns + c.blocking_call_ns),
+            dash(c.queue_ns),
+            dash(r.queue_wait.p50_ns),
+            dash(r.queue_wait.p99_ns),
+            dash(r.queue_wait.max_ns),
+            count(r.stolen),
+            dash(c.netpoll_ns),
+            dash(c.other_park_ns()),
+            r.threads.len().to_string(),
+            waker.unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table(out, &rows);
+}
+
+fn reason(r: ParkReason) -> &'static str {
+    match r {
+        ParkReason::Netpoll => "netpoll",
+        ParkReason::Timer => "timer",
+        ParkReason::Channel => "channel",
+        ParkReason::Yield => "yield",
+        ParkReason::Other => "other",
+    }
+}
+
+fn render_cpus(out: &mut String, cpus: &[CpuReport]) {
+    if cpus.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nCPUs (what CFS did to the traced threads)");
+    let mut rows = vec![
+        [
+            "CPU",
+            "",
+            "BUSY",
+            "SWITCHES",
+            "PREEMPTED",
+            "LAT p50",
+            "LAT p99",
+            "LAT max",
+            "MIGR IN",
+            "MIGR OUT",
+            "VRT SPREAD p50",
+            "p99",
+            "max",
+            "TOP PREEMPTER",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>(),
+    ];
+    for c in cpus {
+        let lat = &c.runqueue_latency;
+        let spread = &c.vruntime_spread;
+        rows.push(vec![
+            c.cpu.to_string(),
+            String::new(),
+            dash(c.busy_ns),
+            count(c.switches),
+            count(c.preemptions),
+            dash(lat.p50_ns),
+            dash(lat.p99_ns),
+            dash(lat.max_ns),
+            count(c.migrations_in),
+            count(c.migrations_out),
+            dash(spread.p50_ns),
+            dash(spread.p99_ns),
+            dash(spread.max_ns),
+            c.preempted_by
+                .first()
+                .map_or("-".into(), |p| format!("{}/{} ({})", p.comm, p.tid, count(p.count))),
+        ]);
+    }
+    table(out, &rows);
+}
+
 fn shown(limit: usize, total: usize) -> String {
-    if total > limit { format!(" (top {limit} of {total}; --limit to see more)") } else { String::new() }
+    if total > limit {
+        format!(" (top {limit} of {}; --limit to see more)", count(total as u64))
+    } else {
+        String::new()
+    }
 }
 
 fn header(out: &mut String, r: &Report) {

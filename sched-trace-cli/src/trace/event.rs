@@ -66,6 +66,8 @@ pub struct Wake {
     pub pid: u32,
     pub cpu: u32,
     pub prio: i32,
+    /// `se.vruntime` once placed in the run queue (wake-ups only; 0: not known).
+    pub vruntime: u64,
     /// For `sched_waking`: whether the wake-up ran on an interrupt stack, so that the current
     /// task was merely interrupted (`None`: not known).
     pub in_irq: Option<bool>,
@@ -231,6 +233,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
                 pid: b.get_u32_le(),
                 cpu: b.get_u32_le(),
                 prio: b.get_i32_le(),
+                vruntime: b.get_u64_le(),
                 in_irq: (flags & waking_flags::CONTEXT_KNOWN != 0)
                     .then_some(flags & waking_flags::IN_IRQ != 0),
             };

@@ -58,6 +58,7 @@ pub fn wake(k: u8, ts: u64, cpu: u16, waker: (u32, u32), target: (u32, u32)) -> 
         target_pid: target.1,
         target_cpu: cpu as u32,
         target_prio: 120,
+        target_vruntime: 0,
     };
     bytes_of(&r)
 }
@@ -134,5 +135,21 @@ pub fn epoll_exit(ts: u64, task: (u32, u32), ret: i64) -> Vec<u8> {
             epoll_call::EPOLL_WAIT,
         ),
         ret,
+    })
+}
+
+/// A user-level probe hit: probe `probe` (an index into the trace's probe table) fired by
+/// `task` on `cpu` with up to [`USER_TASK_ARGS`] arguments.
+pub fn user_task(ts: u64, cpu: u16, task: (u32, u32), probe: u32, args: &[u64]) -> Vec<u8> {
+    let mut all = [0u64; USER_TASK_ARGS];
+    for (a, v) in all.iter_mut().zip(args) {
+        *a = *v;
+    }
+    bytes_of(&UserTaskRecord {
+        header: header(kind::USER_TASK, std::mem::size_of::<UserTaskRecord>(), ts, cpu, task.0, task.1, 0),
+        probe,
+        _pad: 0,
+        args: all,
+        ip: 0,
     })
 }

@@ -104,3 +104,60 @@ pub fn loaded_sched_trace_programs() -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A Python with the PyPI `perfetto` package (Perfetto's own protobuf classes), which `cargo
+/// xtask setup` installs into /opt/sched-trace/venv. Missing: the test is skipped locally and
+/// fails on CI.
+pub fn python_with_perfetto() -> Option<PathBuf> {
+    let python = std::env::var_os("SCHED_TRACE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/sched-trace/venv/bin/python"));
+    let works = Command::new(&python)
+        .args(["-c", "import perfetto.protos.perfetto.trace.perfetto_trace_pb2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Some(python);
+    }
+    let why =
+        format!("{} cannot import Perfetto's protobuf classes (run `cargo xtask setup`)", python.display());
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// The reference runtime's workload binary, built next to sched-trace.
+pub fn refrt() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_sched-trace")).with_file_name("refrt");
+    assert!(p.exists(), "{} is not built: run `cargo build --bins` (cargo xtask test does)", p.display());
+    p
+}
+
+/// The header of a synthetic trace of `target`, recorded on a made-up two-CPU host.
+pub fn synthetic_info(
+    target: sched_trace::trace::TraceTarget,
+    user_probes: Vec<sched_trace::trace::UserProbe>,
+) -> sched_trace::trace::TraceInfo {
+    sched_trace::trace::TraceInfo {
+        abi_version: sched_trace_abi::ABI_VERSION,
+        recorder: "sched-trace test".into(),
+        hostname: "testhost".into(),
+        kernel_release: "6.18.0-test".into(),
+        possible_cpus: 2,
+        online_cpus: vec![0, 1],
+        clock: "CLOCK_MONOTONIC".into(),
+        realtime_offset_ns: 1_795_000_000_000_000_000,
+        realtime_offset_error_ns: 10,
+        start_ns: 1_000,
+        command_line: vec!["sched-trace".into(), "record".into()],
+        recorder_pid: 1,
+        target,
+        ring_buffer_bytes: 1 << 20,
+        probes: vec!["tp_btf:sched_switch".into()],
+        task_fields: vec!["pid".into()],
+        user_probes,
+        skipped_user_probes: Vec::new(),
+    }
+}
