@@ -344,3 +344,95 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
+
+/// User + system CPU seconds of the children this process has waited for (/proc/self/stat
+/// fields 16 and 17, in clock ticks of 1/100 s on Linux).
+fn children_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // The command name (field 2) may hold spaces; the fields after it start past its ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/self/stat has no ')'")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields.get(i).and_then(|f| f.parse::<f64>().ok()).context("/proc/self/stat is short")
+    };
+    // Field n (1-based) is rest[n - 3].
+    Ok((ticks(16 - 3)? + ticks(17 - 3)?) / 100.0)
+}
+
+/// Wall and CPU seconds of one run of `cmd` (its output discarded).
+fn timed_run(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
+    let cpu_before = children_cpu_seconds()?;
+    let start = std::time::Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {what}"))?;
+    let wall = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok((wall, children_cpu_seconds()? - cpu_before))
+}
+
+/// How long `sched-trace report` takes on a trace of about ten million events, next to `perf
+/// sched latency` on the same run: `perf sched record` (system-wide) around `sched-trace record`
+/// of a pinned `perf bench sched pipe`, so both files hold the same scheduler events.
+pub fn report_speed(root: &Path, runs: usize, loops: u32) -> Result<()> {
+    let sched_trace = root.join("target/release/sched-trace");
+    let dir = tempfile_dir()?;
+    let trace = dir.join("big.trace");
+    let perf_data = dir.join("big.perf.data");
+    let out = Command::new("perf")
+        .args(["sched", "record", "-o"])
+        .arg(&perf_data)
+        .arg("--")
+        .arg(&sched_trace)
+        .args(["record", "--quiet", "-o"])
+        .arg(&trace)
+        .args(["--", "taskset", "-c", "0", "perf", "bench", "sched", "pipe", "-l"])
+        .arg(loops.to_string())
+        .output()
+        .context("running perf sched record around sched-trace record")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("recording failed ({}):\n{stderr}", out.status);
+    }
+    let events = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("sched-trace: ")?.split(" events in ").next().and_then(grouped_number))
+        .with_context(|| format!("sched-trace printed no summary:\n{stderr}"))?;
+    let samples = stderr
+        .lines()
+        .find(|l| l.contains("Captured and wrote"))
+        .and_then(|l| l.rsplit_once('(')?.1.split_whitespace().next().and_then(grouped_number))
+        .with_context(|| format!("perf printed no sample count:\n{stderr}"))?;
+
+    let mut ours = Vec::new();
+    let mut perf = Vec::new();
+    for _ in 0..runs {
+        ours.push(timed_run(Command::new(&sched_trace).arg("report").arg(&trace), "sched-trace report")?);
+        perf.push(timed_run(
+            Command::new("perf").args(["sched", "latency", "-i"]).arg(&perf_data),
+            "perf sched latency",
+        )?);
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
+    let row = |name: &str, v: &[(f64, f64)], events: u64, mib: f64| {
+        let wall = median(v.iter().map(|r| r.0).collect());
+        let cpu = median(v.iter().map(|r| r.1).collect());
+        println!(
+            "| {name} | {events} | {mib:.0} MiB | {wall:.2} s | {cpu:.2} s | {:.0} ns |",
+            wall * 1e9 / events as f64
+        );
+    };
+    println!(
+        "\n`perf sched record -- sched-trace record -- taskset -c 0 perf bench sched pipe -l {loops}`, then each tool {runs} times, alternating (median)\n"
+    );
+    println!("| analysis | events in its file | file | wall time | CPU time | per event |");
+    println!("|---|---|---|---|---|---|");
+    row("`sched-trace report`", &ours, events, size(&trace));
+    row("`perf sched latency`", &perf, samples, size(&perf_data));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -71,8 +71,9 @@ enum Task {
         /// Round trips of `perf bench sched pipe` per run.
         #[arg(long, default_value_t = 100_000)]
         loops: u32,
-        /// Only this part: `runtime` (the reference runtime against tokio, and traced) or
-        /// `record` (what recording costs, next to perf sched record and bpftrace).
+        /// Only this part: `runtime` (the reference runtime against tokio, and traced),
+        /// `record` (what recording costs, next to perf sched record and bpftrace) or `report`
+        /// (the report on a ten-million-event trace, next to perf sched latency).
         #[arg(long)]
         only: Option<BenchPart>,
     },
@@ -82,6 +83,7 @@ enum Task {
 enum BenchPart {
     Runtime,
     Record,
+    Report,
 }
 
 fn main() -> Result<()> {
@@ -116,11 +118,15 @@ fn main() -> Result<()> {
                 ]),
                 "cargo build --example tokio_peer",
             )?;
-            if only != Some(BenchPart::Record) {
+            if only.is_none() || only == Some(BenchPart::Runtime) {
                 bench::runtime_throughput(&root, runs, seconds)?;
             }
-            if only != Some(BenchPart::Runtime) {
+            if only.is_none() || only == Some(BenchPart::Record) {
                 bench::record_overhead(&root, runs, loops)?;
+            }
+            if only.is_none() || only == Some(BenchPart::Report) {
+                // About 4.2 events per round trip: ten million events.
+                bench::report_speed(&root, runs, 2_500_000)?;
             }
             Ok(())
         }

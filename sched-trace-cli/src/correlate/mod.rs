@@ -115,6 +115,10 @@ fn run<R: std::io::Read>(mut reader: TraceReader<R>, timelines: bool) -> Result<
     if timelines {
         c = c.with_timelines();
     }
+    let info = reader.info();
+    for &pid in &info.asleep_at_start {
+        c.threads.asleep(pid, pid, info.start_ns);
+    }
     let mut first_ts = None;
     while let Some(e) = reader.next_event()? {
         first_ts.get_or_insert(e.ts);

@@ -246,6 +246,14 @@ impl ThreadTracker {
         }
     }
 
+    /// Starts with thread `tid` of process `pid` asleep since `since` (a thread the recorder knew
+    /// to be parked when the probes were attached).
+    pub fn asleep(&mut self, tid: u32, pid: u32, since: u64) {
+        if self.in_scope(tid, pid) {
+            self.thread(tid, pid, since).state = ThreadState::Off { since, why: OffCpu::Sleeping };
+        }
+    }
+
     /// Also keep every thread's timeline (`ThreadStats::timeline`), for exports.
     pub fn with_timelines(mut self) -> Self {
         self.record_timelines = true;

@@ -220,6 +220,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
     // The file first: an unwritable path fails before anything is loaded into the kernel.
     let mut info = trace_info(&opts, target, &kernel);
+    if let Some(c) = &command
+        && c.wait_until_parked(Duration::from_secs(1))
+    {
+        info.asleep_at_start.push(c.pid());
+    }
     info.user_probes = usdt.table.clone();
     info.skipped_user_probes = skipped;
     let start_ns = info.start_ns;
@@ -485,6 +490,7 @@ fn trace_info(opts: &RecordOptions, target: TraceTarget, kernel: &KernelFacts) -
         task_fields: kernel.task.available(),
         user_probes: Vec::new(),
         skipped_user_probes: Vec::new(),
+        asleep_at_start: Vec::new(),
     }
 }
 

@@ -146,6 +146,27 @@ impl LaunchedCommand {
         &self.program
     }
 
+    /// Waits (at most `limit`) until the child sleeps in its wait for [`Self::release`], and
+    /// says whether it does: from then until the release it is certainly off CPU, which lets the
+    /// trace start with its state known.
+    pub fn wait_until_parked(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let stat = format!("/proc/{}/stat", self.pid);
+        loop {
+            // Field 3, after the parenthesised command name: S = interruptible sleep.
+            let state = std::fs::read_to_string(&stat).ok().and_then(|s| {
+                s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+            });
+            if state.as_deref() == Some("S") {
+                return true;
+            }
+            if state.is_none() || std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// Lets the child exec. Fails if the exec itself failed.
     pub fn release(&mut self) -> Result<(), RecordError> {
         let spawn_err = |source: io::Error| RecordError::Spawn { command: self.argv.join(" "), source };

@@ -101,6 +101,10 @@ pub struct TraceInfo {
     pub user_probes: Vec<UserProbe>,
     /// User-level probes found but not attached, and why.
     pub skipped_user_probes: Vec<String>,
+    /// Threads known to be asleep (off CPU, not runnable) when the recording started: the
+    /// launched command, held before its exec. Their state is known from the first event on.
+    #[serde(default)]
+    pub asleep_at_start: Vec<u32>,
 }
 
 /// A user-level probe in a trace's probe table.

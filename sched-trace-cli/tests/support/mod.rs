@@ -159,5 +159,6 @@ pub fn synthetic_info(
         task_fields: vec!["pid".into()],
         user_probes,
         skipped_user_probes: Vec::new(),
+        asleep_at_start: Vec::new(),
     }
 }
