@@ -23,7 +23,7 @@ fn expected(trace: &Path) -> [u64; 6] {
         .iter()
         .flat_map(|t| &t.timeline)
         .filter_map(|s| match s.state {
-            SpanState::Running { cpu } => Some(cpu),
+            SpanState::Running { cpu, .. } => Some(cpu),
             _ => None,
         })
         .collect();

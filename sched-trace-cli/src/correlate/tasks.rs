@@ -147,7 +147,11 @@ pub struct TaskSpan {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskSpanState {
-    Runnable(Queue),
+    /// Waiting in `queue`, made runnable by `waker` (`None` after a yield).
+    Runnable {
+        queue: Queue,
+        waker: Option<Waker>,
+    },
     Running {
         tid: u32,
     },
@@ -235,6 +239,8 @@ struct Task {
     in_blocking_call: bool,
     last_tid: Option<u32>,
     record: bool,
+    /// Who made it runnable, while it is (`None` after a yield).
+    runnable_by: Option<Waker>,
 }
 
 /// Folds runtime transitions and the thread states under running tasks into per-task totals.
@@ -298,12 +304,14 @@ impl TaskTracker {
             in_blocking_call: false,
             last_tid: None,
             record,
+            runnable_by: None,
         });
         match t {
             Transition::Spawn { parent, queue } => {
                 entry.stats.parent = parent;
                 *entry.stats.wakers.entry(Waker::Spawn).or_default() += 1;
                 entry.set_state(ts, TaskState::Runnable { since: ts, queue });
+                entry.runnable_by = Some(Waker::Spawn);
             }
             Transition::Ready { waker, queue } => {
                 match entry.state {
@@ -314,6 +322,7 @@ impl TaskTracker {
                     // A yielded task is runnable already: the ready says where it was queued.
                     TaskState::Runnable { since, queue: Queue::Unknown } => {
                         entry.state = TaskState::Runnable { since, queue };
+                        entry.runnable_by = Some(waker);
                         return;
                     }
                     // Already runnable or running: the runtime ignores a second wake-up.
@@ -321,6 +330,7 @@ impl TaskTracker {
                 }
                 *entry.stats.wakers.entry(waker).or_default() += 1;
                 entry.set_state(ts, TaskState::Runnable { since: ts, queue });
+                entry.runnable_by = Some(waker);
             }
             Transition::Run { p } => {
                 if let TaskState::Runnable { since, queue } = entry.state {
@@ -357,6 +367,7 @@ impl TaskTracker {
                     TaskState::Parked { since: ts, reason, fd }
                 };
                 entry.set_state(ts, next);
+                entry.runnable_by = None;
                 self.running.remove(&tid);
             }
             Transition::Exit => {
@@ -405,7 +416,9 @@ impl Task {
                 self.stats.run_intervals.push(RunInterval { start: since, end: ts, tid });
                 Some((since, TaskSpanState::Running { tid }))
             }
-            TaskState::Runnable { since, queue } => Some((since, TaskSpanState::Runnable(queue))),
+            TaskState::Runnable { since, queue } => {
+                Some((since, TaskSpanState::Runnable { queue, waker: self.runnable_by }))
+            }
             TaskState::Parked { since, reason, fd } => Some((since, TaskSpanState::Parked { reason, fd })),
             TaskState::Unknown | TaskState::Exited => None,
         };

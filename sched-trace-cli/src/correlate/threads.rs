@@ -64,10 +64,10 @@ pub struct ThreadSpan {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanState {
-    Running {
-        cpu: u16,
-    },
-    Off(OffCpu),
+    /// On `cpu`; `vruntime` and `weight` as of its switch-out (0: not known).
+    Running { cpu: u16, vruntime: u64, weight: u32 },
+    /// Off CPU; for a wait after a wake-up, who woke it ([`IRQ_WAKER`] for an interrupt).
+    Off { why: OffCpu, waker: Option<u32> },
     /// Around a switch-in the trace does not have: the state cannot be told.
     Unattributed,
 }
@@ -111,7 +111,8 @@ pub struct ThreadStats {
     pub unaccounted_ns: u64,
     pub first_ts: u64,
     pub last_ts: u64,
-    /// `se.load.weight` at its last switch (0: not known): 1024 is nice 0.
+    /// `se.load.weight` at its last switch (0: not known), as the kernel keeps it: 1048576
+    /// (1024, scaled by 2^10 on 64-bit kernels) is nice 0.
     pub weight: u32,
     /// Its timeline, when the tracker recorded one ([`ThreadTracker::with_timelines`]).
     pub timeline: Vec<ThreadSpan>,
@@ -144,6 +145,8 @@ struct Thread {
     queued_on: Option<u16>,
     /// Whether to keep its timeline.
     record: bool,
+    /// Who woke it, while it waits for a CPU after that wake-up.
+    woken_by: Option<u32>,
 }
 
 impl Thread {
@@ -151,8 +154,14 @@ impl Thread {
     fn set_state(&mut self, ts: u64, new: ThreadState) {
         if self.record {
             let left = match self.state {
-                ThreadState::Running { since, cpu } => Some((since, SpanState::Running { cpu })),
-                ThreadState::Off { since, why } => Some((since, SpanState::Off(why))),
+                ThreadState::Running { since, cpu } => Some((
+                    since,
+                    SpanState::Running { cpu, vruntime: self.vruntime, weight: self.stats.weight },
+                )),
+                ThreadState::Off { since, why } => {
+                    let waker = if why == OffCpu::Woken { self.woken_by } else { None };
+                    Some((since, SpanState::Off { why, waker }))
+                }
                 ThreadState::Unknown | ThreadState::Dead => None,
             };
             if let Some((start, state)) = left {
@@ -175,7 +184,7 @@ impl Thread {
             let earliest = earliest.clamp(since, seen);
             self.stats.add_off(why, earliest - since);
             self.stats.unaccounted_ns += seen - earliest;
-            self.span(since, earliest, SpanState::Off(why));
+            self.span(since, earliest, SpanState::Off { why, waker: None });
             self.span(earliest, seen, SpanState::Unattributed);
         }
         self.stats.missed_switch_ins += 1;
@@ -314,6 +323,7 @@ impl ThreadTracker {
             vruntime: 0,
             queued_on: None,
             record,
+            woken_by: None,
         });
         t.stats.last_ts = ts;
         if t.stats.pid == 0 {
@@ -372,6 +382,7 @@ impl ThreadTracker {
                     _ => return,
                 }
                 t.set_state(e.ts, ThreadState::Off { since: e.ts, why: OffCpu::Woken });
+                t.woken_by = waker;
                 // Where CFS placed it; its vruntime from before the sleep says nothing now.
                 t.vruntime = w.vruntime;
                 if let Some(w) = waker {

@@ -12,7 +12,7 @@ pub mod perfetto;
 use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
-    correlate::{Correlation, OffCpu, Queue, RunSegment, SpanState, TaskSpanState},
+    correlate::{Correlation, OffCpu, Queue, RunSegment, SpanState, TaskSpanState, Waker},
     trace::{TaskNames, TraceError},
 };
 
@@ -109,7 +109,7 @@ impl Tracks {
             let mut slices = Vec::with_capacity(t.timeline.len());
             for span in &t.timeline {
                 let (label, args) = match span.state {
-                    SpanState::Running { cpu } => {
+                    SpanState::Running { cpu, vruntime, weight } => {
                         cpus.entry(cpu).or_default().push(Slice {
                             start: span.start,
                             end: span.end,
@@ -117,9 +117,22 @@ impl Tracks {
                             depth: 0,
                             args: vec![("tid", Arg::Int(t.tid as i64)), ("pid", Arg::Int(t.pid as i64))],
                         });
-                        ("Running", vec![("cpu", Arg::Int(cpu as i64))])
+                        let mut args = vec![("cpu", Arg::Int(cpu as i64))];
+                        if vruntime != 0 {
+                            args.push(("vruntime at switch-out", Arg::Int(vruntime as i64)));
+                        }
+                        if weight != 0 {
+                            args.push(("weight", Arg::Int(weight as i64)));
+                        }
+                        ("Running", args)
                     }
-                    SpanState::Off(why) => (off_cpu_label(why), Vec::new()),
+                    SpanState::Off { why, waker } => {
+                        let args = match waker {
+                            Some(w) => vec![("woken by", Arg::Str(format!("{} {w}", names.display(w))))],
+                            None => Vec::new(),
+                        };
+                        (off_cpu_label(why), args)
+                    }
                     SpanState::Unattributed => ("Unknown (switch-in not traced)", Vec::new()),
                 };
                 slices.push(Slice { start: span.start, end: span.end, name: label.into(), depth: 0, args });
@@ -135,13 +148,22 @@ impl Tracks {
             let mut slices = Vec::with_capacity(t.timeline.len());
             for span in &t.timeline {
                 let (name, depth, args) = match span.state {
-                    TaskSpanState::Runnable(queue) => {
+                    TaskSpanState::Runnable { queue, waker } => {
                         let q = match queue {
                             Queue::Local(p) => format!("P{p} queue"),
                             Queue::Global => "global queue".into(),
                             Queue::Unknown => "queue".into(),
                         };
-                        (format!("Runnable ({q})"), 0, Vec::new())
+                        let by = match waker {
+                            Some(Waker::Task(id)) => Some(format!("task {id}")),
+                            Some(Waker::Netpoller) => Some("the netpoller".into()),
+                            Some(Waker::Timer) => Some("a timer".into()),
+                            Some(Waker::Other) => Some("a thread outside the runtime".into()),
+                            Some(Waker::Spawn) => Some("its spawn".into()),
+                            None => None,
+                        };
+                        let args = by.map(|b| vec![("made runnable by", Arg::Str(b))]).unwrap_or_default();
+                        (format!("Runnable ({q})"), 0, args)
                     }
                     TaskSpanState::Running { tid } => {
                         (format!("Running on {}", names.display(tid)), 0, vec![("tid", Arg::Int(tid as i64))])
