@@ -174,7 +174,7 @@ fn foreign_and_lying_files_are_refused_without_allocating_their_claims() {
 
     // A header claiming 4 GiB of recording facts.
     let mut b = b"SCHDTRCE".to_vec();
-    b.extend(1u16.to_le_bytes());
+    b.extend(sched_trace::trace::format::FORMAT_VERSION.to_le_bytes());
     b.extend(0u16.to_le_bytes());
     b.extend(u32::MAX.to_le_bytes());
     b.extend(0u32.to_le_bytes());

@@ -1,11 +1,12 @@
-//! The on-disk layout of a trace file, version 1.
+//! The on-disk layout of a trace file, version 2.
 //!
 //! ```text
 //! file    = header chunk*
 //! header  = magic "SCHDTRCE" | version u16 | flags u16 (0) | info_len u32 | info_crc u32 | info
 //!           info: the recording's facts (`TraceInfo`) as JSON, at most MAX_INFO_LEN bytes
 //! chunk   = magic "CHNK" | kind u8 | flags u8 | reserved u16 (0) | stored_len u32 | raw_len u32
-//!           | crc u32 | payload (stored_len bytes; lz4 block if flags & COMPRESSED)
+//!           | crc u32 | payload (stored_len bytes; lz4 block if flags & COMPRESSED; once
+//!           decompressed, in the columnar layout of `columnar` if flags & COLUMNAR)
 //!           crc = CRC-32 of the 16 header bytes before it and the stored payload
 //! ```
 //!
@@ -14,8 +15,11 @@
 //! before it is readable. An `END` chunk marks a recording that was closed cleanly.
 //!
 //! Chunk payloads:
-//! - `EVENTS`: ABI records (`sched-trace-abi`) back to back, in timestamp order across the file
-//!   (the recorder holds back and sorts; readers still tolerate small disorder).
+//! - `EVENTS`: ABI records (`sched-trace-abi`) in timestamp order across the file (the recorder
+//!   holds back and sorts; readers still tolerate small disorder): back to back, or in columns
+//!   by kind (`COLUMNAR`, what the recorder writes).
+//!
+//! Version 2 added the columnar layout (and goes with ABI version 2).
 //! - `TASKS`: fixed 40-byte task-table entries (`TaskEntry`).
 //! - `DROPS`: a cumulative snapshot of the per-CPU lost-record counters; the last one counts.
 //! - `PROBES`: user-level probes attached during the recording (after an exec), as JSON
@@ -28,7 +32,7 @@
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"SCHDTRCE";
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 pub const FILE_HEADER_LEN: usize = 20;
 pub const MAX_INFO_LEN: u32 = 1 << 20;
 
@@ -40,6 +44,8 @@ pub const MAX_CHUNK_LEN: u32 = 64 << 20;
 
 /// Chunk flag: the payload is an lz4 block.
 pub const CHUNK_COMPRESSED: u8 = 1;
+/// Chunk flag: the (decompressed) payload is in the columnar layout (`EVENTS` chunks only).
+pub const CHUNK_COLUMNAR: u8 = 2;
 
 /// Kinds of chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

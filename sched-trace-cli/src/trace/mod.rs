@@ -2,6 +2,7 @@
 //!
 //! Everything after `record` is a pure function of a trace file, read through this module.
 
+pub mod columnar;
 pub mod event;
 pub mod format;
 pub mod reader;

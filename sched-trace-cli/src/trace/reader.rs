@@ -14,8 +14,9 @@ use super::{
     Comm, DropCounters, EventKind, TraceError,
     event::{Decoded, Event, decode},
     format::{
-        CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FILE_HEADER_LEN, FORMAT_VERSION,
-        MAGIC, MAX_CHUNK_LEN, MAX_INFO_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry, TaskSource, TraceInfo,
+        CHUNK_COLUMNAR, CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FILE_HEADER_LEN,
+        FORMAT_VERSION, MAGIC, MAX_CHUNK_LEN, MAX_INFO_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry,
+        TaskSource, TraceInfo,
     },
 };
 
@@ -409,6 +410,16 @@ impl<R: Read> TraceReader<R> {
                 return Err(self.corrupt(start, "uncompressed chunk with two different lengths".into()));
             }
             stored
+        };
+        let payload = if flags & CHUNK_COLUMNAR != 0 {
+            if kind != ChunkKind::Events as u8 {
+                return Err(self.corrupt(start, format!("chunk of kind {kind} claims the columnar layout")));
+            }
+            let mut records = Vec::new();
+            super::columnar::decode(&payload, &mut records).map_err(|what| self.corrupt(start, what))?;
+            records
+        } else {
+            payload
         };
         Ok(Some(RawChunk { kind, offset: start, payload }))
     }

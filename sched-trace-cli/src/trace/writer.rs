@@ -11,8 +11,8 @@ use bytes::BufMut;
 use super::{
     DropCounters, TraceError,
     format::{
-        CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FORMAT_VERSION, MAGIC,
-        MAX_CHUNK_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry, TraceInfo, UserProbe,
+        CHUNK_COLUMNAR, CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FORMAT_VERSION,
+        MAGIC, MAX_CHUNK_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry, TraceInfo, UserProbe,
     },
 };
 
@@ -65,6 +65,11 @@ impl TraceWriter {
 
     /// Writes one chunk.
     pub fn write_chunk(&mut self, kind: ChunkKind, payload: &[u8]) -> Result<(), TraceError> {
+        self.write_chunk_flagged(kind, payload, 0)
+    }
+
+    /// Writes one chunk whose payload has `layout` flags (`CHUNK_COLUMNAR`).
+    fn write_chunk_flagged(&mut self, kind: ChunkKind, payload: &[u8], layout: u8) -> Result<(), TraceError> {
         if payload.len() > MAX_CHUNK_LEN as usize {
             return Err(TraceError::Encode(format!(
                 "chunk of {} bytes exceeds the format's limit of {MAX_CHUNK_LEN}",
@@ -85,7 +90,7 @@ impl TraceWriter {
             Some(c) if c.len() < payload.len() => (CHUNK_COMPRESSED, c),
             _ => (0, payload),
         };
-        buf.put_u8(flags);
+        buf.put_u8(flags | layout);
         buf.put_u16_le(0);
         buf.put_u32_le(stored.len() as u32);
         buf.put_u32_le(payload.len() as u32);
@@ -99,8 +104,13 @@ impl TraceWriter {
         result
     }
 
+    /// Writes records in columns when compressing (see `columnar`), back to back otherwise.
     pub fn write_events(&mut self, records: &[u8]) -> Result<(), TraceError> {
-        self.write_chunk(ChunkKind::Events, records)
+        if !self.compress {
+            return self.write_chunk(ChunkKind::Events, records);
+        }
+        let columns = super::columnar::encode(records).map_err(TraceError::Encode)?;
+        self.write_chunk_flagged(ChunkKind::Events, &columns, CHUNK_COLUMNAR)
     }
 
     pub fn write_tasks(&mut self, tasks: &[TaskEntry]) -> Result<(), TraceError> {
