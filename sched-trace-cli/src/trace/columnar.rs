@@ -94,31 +94,31 @@ pub fn decode(mut p: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         ));
     }
     let (kinds, mut planes) = p.split_at(count);
-    // Each group's records back in rows.
-    let mut rows: Vec<(u8, usize, Vec<u8>, usize)> = Vec::with_capacity(groups.len());
-    for &(kind, size, records) in &groups {
+    // Where each record of each group goes in the output: one pass over the kinds.
+    let base = out.len();
+    let mut starts: Vec<Vec<u32>> = groups.iter().map(|g| Vec::with_capacity(g.2)).collect();
+    let mut at = 0usize;
+    for &kind in kinds {
+        let g = groups.iter().position(|g| g.0 == kind).ok_or_else(|| format!("record of kind {kind} has no group"))?;
+        if starts[g].len() == groups[g].2 {
+            return Err(format!("more records of kind {kind} than its group holds"));
+        }
+        starts[g].push(at as u32);
+        at += groups[g].1;
+    }
+    out.resize(base + bytes, 0);
+    let rows = &mut out[base..];
+    for (&(_, size, records), starts) in groups.iter().zip(&starts) {
         let (group_planes, rest) = planes.split_at(size * records);
         planes = rest;
-        let mut r = vec![0u8; size * records];
-        for (b, plane) in group_planes.chunks_exact(records.max(1)).enumerate().take(size) {
-            for (i, byte) in plane.iter().enumerate() {
-                r[i * size + b] = *byte;
+        // Record by record, its bytes gathered from the planes: sequential writes, and every
+        // plane read front to back.
+        for (i, &start) in starts.iter().enumerate() {
+            let row = &mut rows[start as usize..start as usize + size];
+            for (b, byte) in row.iter_mut().enumerate() {
+                *byte = group_planes[b * records + i];
             }
         }
-        rows.push((kind, size, r, 0));
-    }
-    out.reserve(bytes);
-    for &kind in kinds {
-        let g = rows
-            .iter_mut()
-            .find(|g| g.0 == kind)
-            .ok_or_else(|| format!("record of kind {kind} has no group"))?;
-        let (size, next) = (g.1, g.3);
-        let row =
-            g.2.get(next * size..(next + 1) * size)
-                .ok_or_else(|| format!("more records of kind {kind} than its group holds"))?;
-        out.extend_from_slice(row);
-        g.3 += 1;
     }
     Ok(())
 }

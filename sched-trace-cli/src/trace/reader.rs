@@ -81,6 +81,8 @@ pub struct TraceReader<R = BufReader<File>> {
     last_emitted: u64,
     /// Per thread, its last switch-out while runnable: (time, user instruction pointer).
     switched_out_at: rustc_hash::FxHashMap<u32, (u64, u64)>,
+    /// Chunk buffers to reuse (a fresh megabyte per chunk costs page faults).
+    spare: Vec<Vec<u8>>,
 }
 
 impl TraceReader {
@@ -159,6 +161,7 @@ impl<R: Read> TraceReader<R> {
             eof: false,
             last_emitted: 0,
             switched_out_at: Default::default(),
+            spare: Vec::new(),
         })
     }
 
@@ -217,11 +220,24 @@ impl<R: Read> TraceReader<R> {
         }
     }
 
+    /// An empty buffer, from the spares if there is one.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
     fn take_chunk(&mut self, chunk: RawChunk) -> Result<(), TraceError> {
+        let result = self.use_chunk(&chunk);
+        self.spare.push(chunk.payload);
+        result
+    }
+
+    fn use_chunk(&mut self, chunk: &RawChunk) -> Result<(), TraceError> {
         match ChunkKind::from_u8(chunk.kind) {
-            Some(ChunkKind::Events) => self.take_events(&chunk)?,
-            Some(ChunkKind::Tasks) => self.take_tasks(&chunk)?,
-            Some(ChunkKind::Drops) => self.tables.drops = Some(self.parse_drops(&chunk)?),
+            Some(ChunkKind::Events) => self.take_events(chunk)?,
+            Some(ChunkKind::Tasks) => self.take_tasks(chunk)?,
+            Some(ChunkKind::Drops) => self.tables.drops = Some(self.parse_drops(chunk)?),
             Some(ChunkKind::Probes) => {
                 let chunk: ProbesChunk = serde_json::from_slice(&chunk.payload).map_err(|e| {
                     self.corrupt(chunk.offset, format!("the probe table does not parse: {e}"))
@@ -381,7 +397,8 @@ impl<R: Read> TraceReader<R> {
             // The writer was cut off in the middle of this chunk.
             return Ok(self.truncated(start));
         }
-        let mut stored = vec![0u8; stored_len as usize];
+        let mut stored = self.buffer();
+        stored.resize(stored_len as usize, 0);
         let got = read_full(&mut self.src, &mut stored).map_err(|e| TraceError::io(&self.path, e))?;
         if got < stored.len() {
             return Ok(self.truncated(start));
@@ -394,8 +411,11 @@ impl<R: Read> TraceReader<R> {
             return Err(self.corrupt(start, "chunk checksum mismatch".into()));
         }
         let payload = if flags & CHUNK_COMPRESSED != 0 {
-            let mut out = vec![0u8; raw_len as usize];
-            match lz4_flex::block::decompress_into(&stored, &mut out) {
+            let mut out = self.buffer();
+            out.resize(raw_len as usize, 0);
+            let result = lz4_flex::block::decompress_into(&stored, &mut out);
+            self.spare.push(stored);
+            match result {
                 Ok(n) if n == out.len() => out,
                 Ok(n) => {
                     return Err(self.corrupt(
@@ -415,8 +435,10 @@ impl<R: Read> TraceReader<R> {
             if kind != ChunkKind::Events as u8 {
                 return Err(self.corrupt(start, format!("chunk of kind {kind} claims the columnar layout")));
             }
-            let mut records = Vec::new();
-            super::columnar::decode(&payload, &mut records).map_err(|what| self.corrupt(start, what))?;
+            let mut records = self.buffer();
+            let result = super::columnar::decode(&payload, &mut records);
+            self.spare.push(payload);
+            result.map_err(|what| self.corrupt(start, what))?;
             records
         } else {
             payload
