@@ -107,19 +107,7 @@ fn record(workload: &str, extra: &[&str]) -> Recorded {
     if std::env::var_os("SCHED_TRACE_KEEP_TRACES").is_some() {
         eprintln!("{workload}: {}", dir.path().display());
     }
-    let trace = dir.path().join("w.trace");
-    let log = dir.path().join("w.log");
-    let o = output(
-        sched_trace()
-            .env("REFRUNTIME_GROUND_TRUTH", &log)
-            .args(["record", "--quiet", "-o"])
-            .arg(&trace)
-            .arg("--")
-            .arg(refrt())
-            .arg(workload)
-            .args(extra),
-    );
-    assert!(o.status.success(), "recording {workload}: {}", stderr(&o));
+    let (trace, log) = record_refrt(dir.path(), workload, extra);
     let correlation = correlate::correlate(TraceReader::open(&trace).unwrap()).unwrap();
     assert_eq!(correlation.tables.drops.as_ref().map(|d| d.lost_records()), Some(0), "{workload}: no loss");
     let truth = ground_truth(&log);

@@ -66,23 +66,11 @@ struct Recorded {
     /// Per thread, the times it was switched out.
     switched_out: HashMap<u32, Vec<u64>>,
     report: serde_json::Value,
-    stdout: String,
 }
 
 fn record_workload(workload: &str) -> Recorded {
     let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join(format!("{workload}.trace"));
-    let log = dir.path().join(format!("{workload}.log"));
-    let o = output(
-        sched_trace()
-            .env("REFRUNTIME_GROUND_TRUTH", &log)
-            .args(["record", "--quiet", "-o"])
-            .arg(&trace)
-            .arg("--")
-            .arg(refrt())
-            .arg(workload),
-    );
-    assert!(o.status.success(), "recording {workload}: {}", stderr(&o));
+    let (trace, log) = record_refrt(dir.path(), workload, &[]);
     let truth = ground_truth(&log);
     let arity: HashMap<String, usize> = truth.iter().map(|t| (t.name.clone(), t.args.len())).collect();
     let traced = traced_transitions(&trace, &arity);
@@ -93,13 +81,7 @@ fn record_workload(workload: &str) -> Recorded {
             switched_out.entry(e.tid).or_default().push(e.ts);
         }
     }
-    Recorded {
-        truth,
-        traced,
-        switched_out,
-        report: report_json(&trace),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-    }
+    Recorded { truth, traced, switched_out, report: report_json(&trace) }
 }
 
 /// Matches the log against the trace: per (kind, thread, first argument), the n-th event of one
@@ -195,7 +177,6 @@ fn every_workload_is_traced_exactly_as_the_runtime_logged_it() {
             }
             _ => {}
         }
-        let _ = &r.stdout;
     }
 }
 

@@ -99,7 +99,10 @@ pub fn decode(mut p: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let mut starts: Vec<Vec<u32>> = groups.iter().map(|g| Vec::with_capacity(g.2)).collect();
     let mut at = 0usize;
     for &kind in kinds {
-        let g = groups.iter().position(|g| g.0 == kind).ok_or_else(|| format!("record of kind {kind} has no group"))?;
+        let g = groups
+            .iter()
+            .position(|g| g.0 == kind)
+            .ok_or_else(|| format!("record of kind {kind} has no group"))?;
         if starts[g].len() == groups[g].2 {
             return Err(format!("more records of kind {kind} than its group holds"));
         }

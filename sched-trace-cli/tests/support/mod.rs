@@ -162,3 +162,22 @@ pub fn synthetic_info(
         asleep_at_start: Vec::new(),
     }
 }
+
+/// Records the reference runtime running `workload` (with `extra` arguments) under
+/// `sched-trace record`, its ground-truth log on; returns the trace and the log, in `dir`.
+pub fn record_refrt(dir: &Path, workload: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let trace = dir.join(format!("{workload}.trace"));
+    let log = dir.join(format!("{workload}.log"));
+    let o = output(
+        sched_trace()
+            .env("REFRUNTIME_GROUND_TRUTH", &log)
+            .args(["record", "--quiet", "-o"])
+            .arg(&trace)
+            .arg("--")
+            .arg(refrt())
+            .arg(workload)
+            .args(extra),
+    );
+    assert!(o.status.success(), "recording {workload}: {}", stderr(&o));
+    (trace, log)
+}
