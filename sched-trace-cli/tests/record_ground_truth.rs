@@ -123,8 +123,12 @@ fn record_agrees_with_kernel_counters_and_workload() {
                 // missing, as their thread's switch-in is).
                 let by_irq = |s: &ThreadStats| s.wakers.get(&IRQ_WAKER).copied().unwrap_or(0);
                 let (irq, hidden) = (by_irq(&end) - by_irq(&start), during(|s| s.missed_switch_ins));
+                // A wake-up that ran while a task hidden from tracing was current is missing
+                // (the thread then switches in straight from its sleep): at most one or two.
+                let unseen = during(|s| s.missed_wakeups) + hidden;
+                assert!(unseen <= 2, "{unseen} wake-ups or switch-ins missing: {ctx}");
                 assert!(
-                    irq <= t.u("sleeps") && irq + hidden >= t.u("sleeps"),
+                    irq <= t.u("sleeps") && irq + unseen >= t.u("sleeps"),
                     "woken from interrupts {irq}: {ctx}"
                 );
                 let (slept, gap) = (during(|s| s.sleeping_ns), during(|s| s.unaccounted_ns));
@@ -136,19 +140,25 @@ fn record_agrees_with_kernel_counters_and_workload() {
                     // The child process sleeps 20 ms fifty times: fifty sleeps of 19-30 ms off
                     // CPU, each ended by a wake-up.
                     let twenty = sleeps.iter().filter(|ns| (19_000_000..=30_000_000).contains(*ns)).count();
-                    assert!(twenty >= 50, "sleeps of 19-30 ms: {twenty} of {sleeps:?}: {ctx}");
-                    assert!(woken >= 50, "wake-ups: {woken}: {ctx}");
+                    assert!(
+                        twenty as u64 + unseen >= 50,
+                        "sleeps of 19-30 ms: {twenty} of {sleeps:?}: {ctx}"
+                    );
+                    assert!(woken + unseen >= 50, "wake-ups: {woken}: {ctx}");
                 } else {
                     // The sleeper shares CPU 0 with two hogs: every wake-up waits in the run
                     // queue for one of them to give the CPU up.
                     assert!(
-                        sleeps.len() >= 40 && woken >= 40,
+                        sleeps.len() as u64 + unseen >= 40 && woken + unseen >= 40,
                         "{} sleeps, {woken} wake-ups: {ctx}",
                         sleeps.len()
                     );
                     let waited =
                         end.latencies_ns[start.latencies_ns.len()..].iter().filter(|ns| **ns > 0).count();
-                    assert!(waited >= 40, "run-queue latencies of the sleeper: {waited}: {ctx}");
+                    assert!(
+                        waited as u64 + unseen >= 40,
+                        "run-queue latencies of the sleeper: {waited}: {ctx}"
+                    );
                     assert!(during(|s| s.runqueue_ns) > 0, "{ctx}");
                 }
             }

@@ -50,8 +50,10 @@ fn write_synthetic(path: &Path, compressed: bool) -> u64 {
             buf.extend(syn::wake(kind::WAKEUP, ts + 40_000, 0, b, a));
             buf.extend(syn::switch(ts + 55_000, 1, b, (0, 0), 1, false));
             if chunk == 1 && i == 7 {
+                // Moved to CPU 0 while asleep, and back (it wakes on CPU 1 again).
                 buf.extend(syn::migrate(ts + 56_000, 1, b, 1, 0));
-                events += 1;
+                buf.extend(syn::migrate(ts + 57_000, 1, b, 0, 1));
+                events += 2;
             }
             ts += 60_000;
             events += 8;

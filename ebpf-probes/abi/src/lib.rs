@@ -149,6 +149,10 @@ pub struct SwitchRecord {
     /// descheduled on its way back from a uprobe's breakpoint has it just past the probe site,
     /// which tells that the probe's record is late by the time it waited.
     pub prev_user_ip: u64,
+    /// The CFS run queue (`se.cfs_rq`: the CPU's, or a task group's on that CPU) each thread is
+    /// accounted in: vruntimes compare only within one. 0 when not known.
+    pub prev_cfs_rq: u64,
+    pub next_cfs_rq: u64,
 }
 
 /// `sched_waking`, `sched_wakeup` and `sched_wakeup_new`. The header's thread is the context the
@@ -164,6 +168,8 @@ pub struct WakeRecord {
     /// `se.vruntime` of the woken task once CFS placed it in the run queue (`sched_wakeup`,
     /// `sched_wakeup_new`; 0 for `sched_waking`, which fires before that).
     pub target_vruntime: u64,
+    /// Its `se.cfs_rq` (see [`SwitchRecord::prev_cfs_rq`]).
+    pub target_cfs_rq: u64,
 }
 
 /// `sched_migrate_task`.
@@ -320,7 +326,7 @@ pub const fn record_size(kind: u8) -> Option<usize> {
 }
 
 /// The largest record of this ABI version.
-pub const MAX_RECORD_SIZE: usize = 80;
+pub const MAX_RECORD_SIZE: usize = 88;
 
 // The layouts are the contract: fail the build of either side if they drift.
 const _: () = {
@@ -332,8 +338,8 @@ const _: () = {
     assert!(offset_of!(RecordHeader, tid) == 12);
     assert!(offset_of!(RecordHeader, pid) == 16);
     assert!(offset_of!(RecordHeader, flags) == 20);
-    assert!(size_of::<SwitchRecord>() == 72);
-    assert!(size_of::<WakeRecord>() == 48);
+    assert!(size_of::<SwitchRecord>() == 88);
+    assert!(size_of::<WakeRecord>() == 56);
     assert!(size_of::<MigrateRecord>() == 40);
     assert!(size_of::<ForkRecord>() == 48);
     assert!(size_of::<ExecRecord>() == 48);

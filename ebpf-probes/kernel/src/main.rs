@@ -83,6 +83,9 @@ static TASK_CPU: u32 = u32::MAX;
 static TASK_VRUNTIME: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static TASK_WEIGHT: u32 = u32::MAX;
+/// `task_struct.se.cfs_rq` (group scheduling kernels only).
+#[unsafe(no_mangle)]
+static TASK_CFS_RQ: u32 = u32::MAX;
 /// `task_struct.stack`: the base of the task's kernel stack.
 #[unsafe(no_mangle)]
 static TASK_STACK: u32 = u32::MAX;
@@ -166,6 +169,10 @@ impl Task {
         if w > u32::MAX as u64 { u32::MAX } else { w as u32 }
     }
     /// Through the probe-read helper: one call instead of a load per byte (fork, exec only).
+    #[inline(always)]
+    fn cfs_rq(self) -> u64 {
+        self.field::<u64>(global(&TASK_CFS_RQ))
+    }
     #[inline(always)]
     fn comm(self) -> [u8; COMM_LEN] {
         let offset = global(&TASK_COMM);
@@ -298,6 +305,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
             prev_weight: prev.weight(),
             next_weight: next.weight(),
             prev_user_ip,
+            prev_cfs_rq: prev.cfs_rq(),
+            next_cfs_rq: next.cfs_rq(),
         },
     );
     0
@@ -361,6 +370,7 @@ fn wake(ctx: &BtfTracePointContext, kind: u8) -> i32 {
             target_cpu: p.cpu(),
             target_prio: p.prio(),
             target_vruntime: if kind == kind::WAKING { 0 } else { p.vruntime() },
+            target_cfs_rq: if kind == kind::WAKING { 0 } else { p.cfs_rq() },
         },
     );
     0

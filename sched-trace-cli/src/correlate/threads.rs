@@ -99,7 +99,14 @@ pub struct ThreadStats {
     pub sleeps_ns: Vec<u64>,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
+    /// Moves to another CPU: traced ones, and those the trace shows only by the thread turning
+    /// up on another CPU (the migration's own record was not reported)...
     pub migrations: u64,
+    /// ...of which inferred that way.
+    pub inferred_migrations: u64,
+    /// Switch-ins from a sleep with no wake-up in the trace (it was not reported): their sleep
+    /// is in the sleep total, but not among `sleeps_ns`, and no run-queue latency is known.
+    pub missed_wakeups: u64,
     /// Waker thread → number of wake-ups.
     pub wakers: HashMap<u32, u64>,
     /// Thread that took the CPU → number of preemptions of this thread.
@@ -139,14 +146,18 @@ struct Thread {
     in_epoll: bool,
     /// Waker named by the last `sched_waking` for this thread, consumed by `sched_wakeup`.
     pending_waker: Option<u32>,
-    /// `se.vruntime` at its last switch (0: not known).
+    /// `se.vruntime` at its last switch or wake-up (0: not known)...
     vruntime: u64,
+    /// ...in this CFS run queue (0: not known, or a kernel without group scheduling).
+    cfs_rq: u64,
     /// The CPU whose run queue it waits in, while runnable.
     queued_on: Option<u16>,
     /// Whether to keep its timeline.
     record: bool,
     /// Who woke it, while it waits for a CPU after that wake-up.
     woken_by: Option<u32>,
+    /// The CPU it last ran on or was queued on, as far as the trace tells.
+    last_cpu: Option<u16>,
 }
 
 impl Thread {
@@ -177,6 +188,16 @@ impl Thread {
         }
     }
 
+    /// The thread is on, or queued on, `cpu` now: a different CPU than the trace last had it on
+    /// means a migration the trace did not report.
+    fn on_cpu(&mut self, cpu: u16) {
+        if self.last_cpu.is_some_and(|last| last != cpu) {
+            self.stats.migrations += 1;
+            self.stats.inferred_migrations += 1;
+        }
+        self.last_cpu = Some(cpu);
+    }
+
     /// The thread is seen running at `seen` but its switch-in is missing; it cannot have happened
     /// before `earliest`.
     fn missed_switch_in(&mut self, earliest: u64, seen: u64, cpu: u16) {
@@ -189,6 +210,7 @@ impl Thread {
         }
         self.stats.missed_switch_ins += 1;
         self.state = ThreadState::Running { since: seen, cpu };
+        self.on_cpu(cpu);
     }
 }
 
@@ -321,9 +343,11 @@ impl ThreadTracker {
             in_epoll: false,
             pending_waker: None,
             vruntime: 0,
+            cfs_rq: 0,
             queued_on: None,
             record,
             woken_by: None,
+            last_cpu: None,
         });
         t.stats.last_ts = ts;
         if t.stats.pid == 0 {
@@ -348,7 +372,10 @@ impl ThreadTracker {
                     t.missed_switch_in(last, e.ts, e.cpu);
                     self.set_queued(e.tid, None);
                 }
-                ThreadState::Unknown => t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu }),
+                ThreadState::Unknown => {
+                    t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu });
+                    t.on_cpu(e.cpu);
+                }
                 _ => {}
             }
         }
@@ -381,10 +408,16 @@ impl ThreadTracker {
                     // unknown state: nothing changes.
                     _ => return,
                 }
+                if new {
+                    t.last_cpu = Some(w.cpu as u16); // placed, not migrated
+                } else {
+                    t.on_cpu(w.cpu as u16);
+                }
                 t.set_state(e.ts, ThreadState::Off { since: e.ts, why: OffCpu::Woken });
                 t.woken_by = waker;
                 // Where CFS placed it; its vruntime from before the sleep says nothing now.
                 t.vruntime = w.vruntime;
+                t.cfs_rq = w.cfs_rq;
                 if let Some(w) = waker {
                     *t.stats.wakers.entry(w).or_default() += 1;
                 }
@@ -393,10 +426,12 @@ impl ThreadTracker {
             EventKind::Migrate { tid, pid, orig_cpu, dest_cpu } if self.in_scope(tid, pid) => {
                 let t = self.thread(tid, pid, e.ts);
                 t.stats.migrations += 1;
+                t.last_cpu = Some(dest_cpu as u16);
                 let queued = t.queued_on.is_some();
                 if queued {
                     // Placed anew in the other CPU's run queue: its vruntime is not known there.
                     t.vruntime = 0;
+                    t.cfs_rq = 0;
                 }
                 self.cpu(orig_cpu as u16).migrations_out += 1;
                 self.cpu(dest_cpu as u16).migrations_in += 1;
@@ -439,6 +474,7 @@ impl ThreadTracker {
             }
             if s.prev_vruntime != 0 {
                 t.vruntime = s.prev_vruntime;
+                t.cfs_rq = s.prev_cfs_rq;
             }
             let still_runnable = s.preempt || s.prev_state == task_state::RUNNING;
             if still_runnable {
@@ -481,6 +517,9 @@ impl ThreadTracker {
             if let ThreadState::Off { since, why } = t.state {
                 let ns = e.ts.saturating_sub(since);
                 t.stats.add_off(why, ns);
+                if matches!(why, OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked) {
+                    t.stats.missed_wakeups += 1;
+                }
                 if matches!(why, OffCpu::Woken | OffCpu::Preempted) {
                     t.stats.latencies_ns.push(ns);
                     latency = Some(ns);
@@ -490,26 +529,34 @@ impl ThreadTracker {
                 }
             }
             t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu });
+            t.on_cpu(e.cpu);
             if s.next_weight != 0 {
                 t.stats.weight = s.next_weight;
             }
             if s.next_vruntime != 0 {
                 t.vruntime = s.next_vruntime;
+                t.cfs_rq = s.next_cfs_rq;
             }
-            let next_vruntime = t.vruntime;
+            let (next_vruntime, next_cfs_rq) = (t.vruntime, t.cfs_rq);
             self.set_queued(s.next_tid, None);
             if let Some(ns) = latency {
                 self.cpu(e.cpu).latencies_ns.push(ns);
             }
-            self.sample_vruntime_spread(e.cpu, next_vruntime);
+            self.sample_vruntime_spread(e.cpu, next_vruntime, next_cfs_rq);
         }
     }
 
-    /// Spread of `se.vruntime` among the traced threads waiting on `cpu` and the one it picked.
-    fn sample_vruntime_spread(&mut self, cpu: u16, picked: u64) {
+    /// Spread of `se.vruntime` among the traced threads waiting on `cpu` in the same CFS run
+    /// queue as the one it picked, and that one. Vruntimes of different run queues (task
+    /// groups) are on different scales and never compared.
+    fn sample_vruntime_spread(&mut self, cpu: u16, picked: u64, cfs_rq: u64) {
         let (mut lo, mut hi, mut n) = (u64::MAX, 0u64, 0);
         let known = std::iter::once(picked).chain(
-            self.runnable[cpu as usize].iter().filter_map(|tid| self.threads.get(tid)).map(|t| t.vruntime),
+            self.runnable[cpu as usize]
+                .iter()
+                .filter_map(|tid| self.threads.get(tid))
+                .filter(|t| t.cfs_rq == cfs_rq)
+                .map(|t| t.vruntime),
         );
         for v in known.filter(|v| *v != 0) {
             lo = lo.min(v);
@@ -586,12 +633,14 @@ mod tests {
                 prev_weight: 1024,
                 next_weight: 1024,
                 prev_user_ip: 0,
+                prev_cfs_rq: 0,
+                next_cfs_rq: 0,
             }),
         )
     }
 
     fn wake(ts: u64, waker: (u32, u32), target: u32) -> Vec<Event> {
-        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120, vruntime: 0, in_irq: Some(false) };
+        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120, vruntime: 0, cfs_rq: 0, in_irq: Some(false) };
         vec![
             ev(ts, 1, waker.0, waker.1, EventKind::Waking(w)),
             ev(ts, 1, waker.0, waker.1, EventKind::Wakeup(w)),
@@ -607,6 +656,50 @@ mod tests {
     }
 
     const IDLE: (u32, u32) = (0, 0);
+
+    #[test]
+    fn vruntimes_are_compared_only_within_one_cfs_run_queue() {
+        let sw = |ts, prev: (u32, u32), next: (u32, u32), (pv, pq): (u64, u64), (nv, nq): (u64, u64)| {
+            let mut e = switch(ts, 0, prev, next, 0, true);
+            if let EventKind::Switch(s) = &mut e.kind {
+                (s.prev_vruntime, s.prev_cfs_rq, s.next_vruntime, s.next_cfs_rq) = (pv, pq, nv, nq);
+            }
+            e
+        };
+        let (a, b, c) = ((T, P), (W, P), (T + 2, P));
+        let mut t = ThreadTracker::new(Scope::Pids(vec![P]));
+        for e in [
+            sw(100, IDLE, a, (0, 0), (5_000, 1)),
+            sw(200, a, b, (5_100, 1), (9_000, 2)), // a waits in run queue 1; b is in group 2
+            sw(300, b, c, (9_050, 2), (5_040, 1)), // c, in a's group: spread 60 against a
+        ] {
+            t.event(&e);
+        }
+        let (_, cpus) = t.finish_with_cpus(400);
+        assert_eq!(cpus[0].vruntime_spreads, vec![60]);
+    }
+
+    #[test]
+    fn unreported_migrations_and_wake_ups_are_counted_not_guessed() {
+        let w =
+            |cpu: u32| Wake { tid: T, pid: P, cpu, prio: 120, vruntime: 0, cfs_rq: 0, in_irq: Some(true) };
+        let e = vec![
+            switch(100, 0, IDLE, (T, P), 0, false),
+            switch(200, 0, (T, P), IDLE, 1, false), // sleeps on CPU 0
+            // Woken onto CPU 1 without a migration record: a migration the trace missed.
+            ev(300, 1, 0, 0, EventKind::Wakeup(w(1))),
+            switch(310, 1, IDLE, (T, P), 0, false),
+            switch(400, 1, (T, P), IDLE, 1, false),
+            // Back on CPU 0 with neither the migration nor the wake-up reported.
+            switch(600, 0, IDLE, (T, P), 0, false),
+        ];
+        let s = run(&e, 700);
+        assert_eq!((s.migrations, s.inferred_migrations), (2, 2));
+        assert_eq!(s.missed_wakeups, 1);
+        assert_eq!(s.sleeps_ns, vec![100], "only the sleep whose wake-up was seen");
+        assert_eq!(s.sleeping_ns, 100 + 200, "both sleeps count in the total");
+        assert_eq!(s.latencies_ns, vec![10], "no latency for the wake-up not seen");
+    }
 
     #[test]
     fn sleeping_runnable_and_running_add_up() {

@@ -23,6 +23,8 @@ pub struct TaskOffsets {
     pub cpu: Option<u32>,
     pub vruntime: Option<u32>,
     pub weight: Option<u32>,
+    /// `se.cfs_rq`: only with group scheduling (CONFIG_FAIR_GROUP_SCHED).
+    pub cfs_rq: Option<u32>,
     /// `task_struct.stack`, the base of the kernel stack (tells interrupt context apart).
     pub stack: Option<u32>,
 }
@@ -35,6 +37,7 @@ impl TaskOffsets {
             ("cpu", self.cpu),
             ("se.vruntime", self.vruntime),
             ("se.load.weight", self.weight),
+            ("se.cfs_rq", self.cfs_rq),
             ("stack", self.stack),
         ] {
             if off.is_some() {
@@ -83,6 +86,7 @@ impl KernelBtf {
             cpu: self.member_offset(&task, "thread_info.cpu").or_else(|| self.member_offset(&task, "cpu")),
             vruntime: self.member_offset(&task, "se.vruntime"),
             weight: self.member_offset(&task, "se.load.weight"),
+            cfs_rq: self.member_offset(&task, "se.cfs_rq"),
             stack: self.member_offset(&task, "stack"),
         })
     }

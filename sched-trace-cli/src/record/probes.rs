@@ -124,6 +124,7 @@ impl Probes {
         let cpu = config.task.cpu.unwrap_or(none);
         let vruntime = config.task.vruntime.unwrap_or(none);
         let weight = config.task.weight.unwrap_or(none);
+        let cfs_rq = config.task.cfs_rq.unwrap_or(none);
         let stack = config.task.stack.unwrap_or(none);
         let orig_ax = config.orig_ax.unwrap_or(none);
         let ip = config.ip.unwrap_or(none);
@@ -143,6 +144,7 @@ impl Probes {
             .override_global("TASK_CPU", &cpu, true)
             .override_global("TASK_VRUNTIME", &vruntime, true)
             .override_global("TASK_WEIGHT", &weight, true)
+            .override_global("TASK_CFS_RQ", &cfs_rq, true)
             .override_global("TASK_STACK", &stack, true)
             .override_global("PT_REGS_ORIG_AX", &orig_ax, true)
             .override_global("PT_REGS_IP", &ip, true)

@@ -120,7 +120,7 @@ impl Durations {
             p50_ns: percentile(&values, 50.0),
             p99_ns: percentile(&values, 99.0),
             max_ns: values.last().copied().unwrap_or(0),
-            total_ns: values.iter().sum(),
+            total_ns: values.iter().fold(0u64, |a, v| a.saturating_add(*v)),
         }
     }
 }
@@ -168,6 +168,10 @@ pub struct ThreadReport {
     /// Who took its CPU when it was preempted, most frequent first.
     pub preempted_by: Vec<Peer>,
     pub exited: bool,
+    /// Of `migrations`, those the trace shows only by the thread turning up on another CPU.
+    pub inferred_migrations: u64,
+    /// Switch-ins from a sleep whose wake-up the kernel did not report.
+    pub missed_wakeups: u64,
     pub missed_switch_ins: u64,
     /// Time not attributed to any state because a switch-in was missing.
     pub unaccounted_ns: u64,
@@ -225,6 +229,8 @@ impl Report {
                     wakers: peers(&t.wakers),
                     preempted_by: peers(&t.preempted_by),
                     exited: t.exited,
+                    inferred_migrations: t.inferred_migrations,
+                    missed_wakeups: t.missed_wakeups,
                     missed_switch_ins: t.missed_switch_ins,
                     unaccounted_ns: t.unaccounted_ns,
                 }
@@ -350,7 +356,7 @@ fn latency(ts: &[&ThreadStats]) -> Latency {
     }
     all.sort_unstable();
     let count = all.len() as u64;
-    let total: u64 = all.iter().sum();
+    let total = all.iter().fold(0u64, |a, v| a.saturating_add(*v));
     let from_wakeup: u64 = ts.iter().map(|t| t.latencies_from_wakeup).sum();
     Latency {
         count,

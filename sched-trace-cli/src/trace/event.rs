@@ -68,6 +68,8 @@ pub struct Wake {
     pub prio: i32,
     /// `se.vruntime` once placed in the run queue (wake-ups only; 0: not known).
     pub vruntime: u64,
+    /// The CFS run queue it was placed in (wake-ups only; 0: not known).
+    pub cfs_rq: u64,
     /// For `sched_waking`: whether the wake-up ran on an interrupt stack, so that the current
     /// task was merely interrupted (`None`: not known).
     pub in_irq: Option<bool>,
@@ -150,6 +152,9 @@ pub struct Switch {
     pub next_weight: u32,
     /// User instruction pointer of an outgoing thread that stays runnable (0: not read).
     pub prev_user_ip: u64,
+    /// The CFS run queues the two threads are accounted in (0: not known).
+    pub prev_cfs_rq: u64,
+    pub next_cfs_rq: u64,
 }
 
 /// Why a record could not be decoded.
@@ -226,6 +231,8 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             prev_weight: b.get_u32_le(),
             next_weight: b.get_u32_le(),
             prev_user_ip: b.get_u64_le(),
+            prev_cfs_rq: b.get_u64_le(),
+            next_cfs_rq: b.get_u64_le(),
         }),
         kind::WAKING | kind::WAKEUP | kind::WAKEUP_NEW => {
             let w = Wake {
@@ -234,6 +241,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
                 cpu: b.get_u32_le(),
                 prio: b.get_i32_le(),
                 vruntime: b.get_u64_le(),
+                cfs_rq: b.get_u64_le(),
                 in_irq: (flags & waking_flags::CONTEXT_KNOWN != 0)
                     .then_some(flags & waking_flags::IN_IRQ != 0),
             };
@@ -326,7 +334,7 @@ mod tests {
     fn switch_round_trips() {
         let raw = crate::trace::synthetic::switch(42, 1, (10, 10), (11, 10), 1, false);
         let Decoded::Event(e, size) = decode(&raw).unwrap() else { panic!("not an event") };
-        assert_eq!(size, 72);
+        assert_eq!(size, 88);
         assert_eq!((e.ts, e.cpu, e.tid, e.pid), (42, 1, 10, 10));
         let EventKind::Switch(s) = e.kind else { panic!("not a switch") };
         assert_eq!((s.next_tid, s.next_pid, s.prev_state, s.preempt), (11, 10, 1, false));

@@ -46,6 +46,8 @@ pub fn switch(
         prev_weight: 1024,
         next_weight: 1024,
         prev_user_ip: 0,
+        prev_cfs_rq: 0,
+        next_cfs_rq: 0,
     };
     bytes_of(&r)
 }
@@ -59,6 +61,7 @@ pub fn wake(k: u8, ts: u64, cpu: u16, waker: (u32, u32), target: (u32, u32)) -> 
         target_cpu: cpu as u32,
         target_prio: 120,
         target_vruntime: 0,
+        target_cfs_rq: 0,
     };
     bytes_of(&r)
 }
