@@ -191,6 +191,24 @@ fn grouped_number(s: &str) -> Option<u64> {
     s.replace(',', "").parse().ok()
 }
 
+/// The event count of `sched-trace record`'s summary ("sched-trace: 1,234 events in ...").
+fn sched_trace_events(output: &str) -> Result<u64> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("sched-trace: ")?.split(" events in ").next().and_then(grouped_number))
+        .with_context(|| format!("sched-trace printed no summary:\n{output}"))
+}
+
+/// The sample count of `perf record`'s last words ("[ perf record: Captured and wrote 54.7 MB
+/// FILE (512345 samples) ]").
+fn perf_samples(output: &str) -> Result<u64> {
+    output
+        .lines()
+        .find(|l| l.contains("Captured and wrote"))
+        .and_then(|l| l.rsplit_once('(')?.1.split_whitespace().next().and_then(grouped_number))
+        .with_context(|| format!("perf printed no sample count:\n{output}"))
+}
+
 /// What recording a context-switch storm costs, next to the peers the foundation issue names:
 /// `perf bench sched pipe` alone, under `sched-trace record` (system-wide), under `perf sched
 /// record` and under a bpftrace run-queue latency histogram. Runs are interleaved, in an order
@@ -234,15 +252,7 @@ pub fn record_overhead(root: &Path, runs: usize, loops: u32) -> Result<()> {
                     let bench = bench_alone();
                     let rest = stop_tracer(child, "sched-trace record")?;
                     let us = text_us(&bench?)?;
-                    let events = rest
-                        .iter()
-                        .find_map(|l| {
-                            l.strip_prefix("sched-trace: ")?
-                                .split(" events in ")
-                                .next()
-                                .and_then(grouped_number)
-                        })
-                        .with_context(|| format!("sched-trace printed no summary:\n{}", rest.join("\n")))?;
+                    let events = sched_trace_events(&rest.join("\n"))?;
                     let lost = rest
                         .iter()
                         .find_map(|l| {
@@ -269,15 +279,7 @@ pub fn record_overhead(root: &Path, runs: usize, loops: u32) -> Result<()> {
                         );
                     }
                     let us = text_us(&String::from_utf8_lossy(&out.stdout))?;
-                    // "[ perf record: Captured and wrote 54.7 MB FILE (512345 samples) ]"
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    let samples = err
-                        .lines()
-                        .find(|l| l.contains("Captured and wrote"))
-                        .and_then(|l| {
-                            l.rsplit_once('(')?.1.split_whitespace().next().and_then(grouped_number)
-                        })
-                        .with_context(|| format!("perf sched record printed no sample count:\n{err}"))?;
+                    let samples = perf_samples(&String::from_utf8_lossy(&out.stderr))?;
                     let bytes = std::fs::metadata(&perf_file).map(|m| m.len()).unwrap_or(0);
                     Ok(Sample { usecs_per_op: us, file: Some((bytes, samples)), lost: None })
                 }
@@ -398,15 +400,7 @@ pub fn report_speed(root: &Path, runs: usize, loops: u32) -> Result<()> {
     if !out.status.success() {
         bail!("recording failed ({}):\n{stderr}", out.status);
     }
-    let events = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("sched-trace: ")?.split(" events in ").next().and_then(grouped_number))
-        .with_context(|| format!("sched-trace printed no summary:\n{stderr}"))?;
-    let samples = stderr
-        .lines()
-        .find(|l| l.contains("Captured and wrote"))
-        .and_then(|l| l.rsplit_once('(')?.1.split_whitespace().next().and_then(grouped_number))
-        .with_context(|| format!("perf printed no sample count:\n{stderr}"))?;
+    let (events, samples) = (sched_trace_events(&stderr)?, perf_samples(&stderr)?);
 
     let mut ours = Vec::new();
     let mut perf = Vec::new();

@@ -1,7 +1,7 @@
 //! The report's user-task and CPU sections: the runtime's tasks joined with what CFS did to the
 //! threads under them, and what CFS did on each CPU.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -245,10 +245,6 @@ pub struct ReportFilter {
 }
 
 impl ReportFilter {
-    pub fn is_empty(&self) -> bool {
-        self.pid.is_none() && self.tid.is_none() && self.task.is_none()
-    }
-
     pub fn thread(&self, tid: u32, pid: u32) -> bool {
         self.pid.is_none_or(|p| p == pid) && self.tid.is_none_or(|t| t == tid)
     }
@@ -258,22 +254,4 @@ impl ReportFilter {
             && self.task.is_none_or(|id| id == t.task)
             && self.tid.is_none_or(|tid| t.run_intervals.iter().any(|r| r.tid == tid))
     }
-}
-
-/// The number of wake-ups by each kind of waker, over tasks: for a compact "who wakes tasks".
-pub fn waker_kinds(tasks: &[TaskReport]) -> HashMap<&'static str, u64> {
-    let mut m = HashMap::new();
-    for t in tasks {
-        for w in &t.wakers {
-            let kind = match w.waker {
-                Waker::Task(_) => "task",
-                Waker::Netpoller => "netpoller",
-                Waker::Timer => "timer",
-                Waker::Other => "other",
-                Waker::Spawn => "spawn",
-            };
-            *m.entry(kind).or_default() += w.count;
-        }
-    }
-    m
 }

@@ -91,6 +91,11 @@ pub fn render(report: &Report, limit: usize) -> String {
     out
 }
 
+/// A table row of fixed texts (a header).
+fn cells(texts: &[&str]) -> Vec<String> {
+    texts.iter().map(|t| t.to_string()).collect()
+}
+
 fn dash(ns: u64) -> String {
     if ns == 0 { "-".to_string() } else { duration_ns(ns) }
 }
@@ -156,7 +161,7 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
             duration_ns(d.p99_ns),
             duration_ns(d.max_ns)
         );
-        let mut rows = vec![vec!["PID".to_string(), "TASK".into(), "TIME".into(), "SHARE".into()]];
+        let mut rows = vec![cells(&["PID", "TASK", "TIME", "SHARE"])];
         for (pid, task, ns) in &top.top {
             rows.push(vec![pid.to_string(), task.to_string(), duration_ns(*ns), percent(*ns, top.total_ns)]);
         }
@@ -164,28 +169,23 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
     }
 
     let _ = writeln!(out, "\nTasks by running time{}", shown(limit, s.tasks.len()));
-    let mut rows = vec![
-        [
-            "PID",
-            "TASK",
-            "RUNS",
-            "ON-CPU",
-            "CFS-STOLEN",
-            "BLOCKED",
-            "QUEUE",
-            "Q p50",
-            "Q p99",
-            "Q max",
-            "STOLEN",
-            "NETPOLL",
-            "PARKED",
-            "THREADS",
-            "TOP WAKER",
-        ]
-        .iter()
-        .map(|h| h.to_string())
-        .collect::<Vec<_>>(),
-    ];
+    let mut rows = vec![cells(&[
+        "PID",
+        "TASK",
+        "RUNS",
+        "ON-CPU",
+        "CFS-STOLEN",
+        "BLOCKED",
+        "QUEUE",
+        "Q p50",
+        "Q p99",
+        "Q max",
+        "STOLEN",
+        "NETPOLL",
+        "PARKED",
+        "THREADS",
+        "TOP WAKER",
+    ])];
     for r in s.tasks.iter().take(limit) {
         let c = &r.costs;
         let waker = r.wakers.iter().find(|w| !matches!(w.waker, crate::correlate::Waker::Spawn)).map(|w| {
@@ -231,27 +231,22 @@ fn render_cpus(out: &mut String, cpus: &[CpuReport]) {
         return;
     }
     let _ = writeln!(out, "\nCPUs (what CFS did to the traced threads)");
-    let mut rows = vec![
-        [
-            "CPU",
-            "",
-            "BUSY",
-            "SWITCHES",
-            "PREEMPTED",
-            "LAT p50",
-            "LAT p99",
-            "LAT max",
-            "MIGR IN",
-            "MIGR OUT",
-            "VRT SPREAD p50",
-            "p99",
-            "max",
-            "TOP PREEMPTER",
-        ]
-        .iter()
-        .map(|h| h.to_string())
-        .collect::<Vec<_>>(),
-    ];
+    let mut rows = vec![cells(&[
+        "CPU",
+        "",
+        "BUSY",
+        "SWITCHES",
+        "PREEMPTED",
+        "LAT p50",
+        "LAT p99",
+        "LAT max",
+        "MIGR IN",
+        "MIGR OUT",
+        "VRT SPREAD p50",
+        "p99",
+        "max",
+        "TOP PREEMPTER",
+    ])];
     for c in cpus {
         let lat = &c.runqueue_latency;
         let spread = &c.vruntime_spread;
@@ -369,7 +364,7 @@ const COLUMNS: [&str; 15] = [
 ];
 
 fn row_header(id: &str, name: &str, extra: Option<&str>) -> Vec<String> {
-    let mut r: Vec<String> = COLUMNS.iter().map(|s| s.to_string()).collect();
+    let mut r = cells(&COLUMNS);
     r[0] = id.into();
     r[1] = name.into();
     r[2] = extra.unwrap_or("").into();
