@@ -205,6 +205,14 @@ fn run_export(file: &Path, format: ExportFormat, output: &Path) -> Result<()> {
     let correlation = correlate::correlate_with_timelines(reader)
         .with_context(|| format!("reading trace {}", file.display()))?;
     let tracks = export::Tracks::build(&correlation);
+    let unplaced = correlation.unplaced();
+    if unplaced.total() > 0 {
+        eprintln!(
+            "sched-trace: note: {} contradicts itself: {}; the tracks around them are approximate",
+            file.display(),
+            unplaced.describe().join(", ")
+        );
+    }
     let summary = match format {
         ExportFormat::Perfetto => export::perfetto::write(&tracks, output),
         ExportFormat::ChromeJson => export::chrome::write(&tracks, output),
@@ -250,10 +258,8 @@ fn run_report(file: &Path, json: bool, limit: usize, filter: &ReportFilter) -> R
     } else {
         out.write_all(report::text::render(&report, limit).as_bytes())
     };
-    match written {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()), // e.g. piped into head
-        other => other.context("writing the report"),
-    }
+    let written = written.and_then(|()| out.flush());
+    written.or_else(|e| stdout_closed_or(e, "the report"))
 }
 
 /// The reference runtime's workloads (`refrt list`).
@@ -335,9 +341,12 @@ fn run_dump(file: &Path, tid: Option<u32>) -> Result<()> {
             e.tid,
             e.kind
         );
-        if line.is_err() {
-            return Ok(()); // stdout closed (e.g. piped into head)
+        if let Err(e) = line {
+            return stdout_closed_or(e, "the dump");
         }
+    }
+    if let Err(e) = out.flush() {
+        return stdout_closed_or(e, "the dump");
     }
     let tables = reader.tables();
     if let Some(t) = &tables.truncation {
@@ -347,6 +356,15 @@ fn run_dump(file: &Path, tid: Option<u32>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A failed write to standard output: fine when the reader went away (piped into `head`), an
+/// error otherwise (a full disk, an I/O error).
+fn stdout_closed_or(e: std::io::Error, what: &str) -> Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Ok(());
+    }
+    Err(e).with_context(|| format!("writing {what} to standard output"))
 }
 
 /// Parses `4096`, `64KiB`, `32MiB`, `1GiB` (also K, M, G, KB, MB, GB as powers of two).

@@ -148,17 +148,24 @@ fn probe_jitter(r: &Recorded) -> (HashMap<u64, u64>, usize, usize) {
     diffs.sort_unstable();
     let offset = diffs.get(diffs.len() / 2).copied().unwrap_or(0);
     let late = diffs.iter().filter(|d| (**d - offset).unsigned_abs() > 50_000).count();
+    // A task's allowance is the jitter of its own transitions, paired one to one; a task whose
+    // trace has a transition more or fewer than its log gets none (pairing them up would add
+    // the distance between unrelated transitions).
     let per_task = r
         .truth
         .iter()
         .map(|(id, truth)| {
             let traced = r.traced_stamps.get(id).map_or(&[][..], |v| v);
-            let jitter = truth
-                .stamps
-                .iter()
-                .zip(traced)
-                .map(|(g, t)| (*t as i64 - *g as i64 - offset).unsigned_abs())
-                .sum();
+            let jitter = if traced.len() == truth.stamps.len() {
+                truth
+                    .stamps
+                    .iter()
+                    .zip(traced)
+                    .map(|(g, t)| (*t as i64 - *g as i64 - offset).unsigned_abs())
+                    .sum()
+            } else {
+                0
+            };
             (*id, jitter)
         })
         .collect();
@@ -211,6 +218,12 @@ fn check_against_truth(workload: &str, r: &Recorded) {
         }
     }
     assert!(runs > 100, "{workload}: {runs} runs");
+    // The totals must have been compared for most tasks (those that exited before the end).
+    assert!(
+        compared >= 10 && compared * 2 >= r.truth.len(),
+        "{workload}: per-task totals compared for only {compared} of {} tasks",
+        r.truth.len()
+    );
     let share = right_thread as f64 / runs as f64;
     assert!(
         share >= 0.999,

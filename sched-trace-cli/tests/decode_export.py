@@ -79,6 +79,7 @@ def chrome(path):
             return "task"
         return "thread"
 
+    by_track = collections.defaultdict(list)
     for e in doc["traceEvents"]:
         if e["ph"] == "M" and e["name"] == "thread_name":
             tracks[kind(e["pid"], e["tid"])] += 1
@@ -88,7 +89,22 @@ def chrome(path):
             if e["dur"] <= 0:
                 raise SystemExit(f"an empty slice: {e}")
             slices[kind(e["pid"], e["tid"])] += 1
-    return {"tracks": dict(tracks), "slices": dict(slices), "problems": []}
+            # Microseconds with nanosecond decimals: back to integer nanoseconds.
+            start = round(e["ts"] * 1000)
+            by_track[(e["pid"], e["tid"])].append((start, start + round(e["dur"] * 1000)))
+    # Complete events of one track must nest: each one inside the one open around it, or after
+    # it, never sticking out of it (the viewer would draw it on the wrong row or drop it).
+    problems = []
+    for track, spans in by_track.items():
+        spans.sort(key=lambda s: (s[0], -s[1]))
+        open_ends = []
+        for start, end in spans:
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            if open_ends and end > open_ends[-1]:
+                problems.append(f"track {track}: slice {start}..{end} sticks out of one ending at {open_ends[-1]}")
+            open_ends.append(end)
+    return {"tracks": dict(tracks), "slices": dict(slices), "problems": problems[:20]}
 
 
 if __name__ == "__main__":

@@ -89,3 +89,29 @@ fn exports_decode_with_their_formats_own_readers() {
         assert!(n(&got["tracks"]["process"]) >= 1, "{format}: a process track ({got})");
     }
 }
+
+/// The guard of the test above: the Chrome JSON decoder reports slices of one track that do not
+/// nest (one sticking out of the slice around it), and none for slices that do.
+#[test]
+fn the_chrome_decoder_finds_slices_that_do_not_nest() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = |slices: &[(f64, f64)]| {
+        let events: Vec<Value> = slices
+            .iter()
+            .map(|(ts, dur)| serde_json::json!({"ph": "X", "name": "s", "pid": 1, "tid": 2, "ts": ts, "dur": dur}))
+            .collect();
+        serde_json::json!({"traceEvents": events}).to_string()
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/decode_export.py");
+    for (slices, bad) in
+        [(&[(0.0, 10.0), (2.0, 3.0), (10.0, 5.0)][..], false), (&[(0.0, 10.0), (5.0, 8.0)][..], true)]
+    {
+        let file = dir.path().join("t.json");
+        std::fs::write(&file, json(slices)).unwrap();
+        let o = output(std::process::Command::new("python3").arg(&script).arg("chrome-json").arg(&file));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let problems = got["problems"].as_array().unwrap();
+        assert_eq!(!problems.is_empty(), bad, "{slices:?}: {problems:?}");
+    }
+}

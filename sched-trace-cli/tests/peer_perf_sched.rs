@@ -65,8 +65,8 @@ fn perf_switches(data: &Path) -> HashMap<u32, [u64; 3]> {
     out
 }
 
-/// `perf sched timehist -s`: per tid, the run time in ns.
-fn perf_run_time(data: &Path) -> HashMap<u32, f64> {
+/// `perf sched timehist -s`: per tid, its process and its run time in ns.
+fn perf_run_time(data: &Path) -> HashMap<u32, (u32, f64)> {
     let o = output(Command::new("perf").args(["sched", "timehist", "-s", "-i"]).arg(data));
     assert!(o.status.success(), "perf sched timehist: {}", stderr(&o));
     String::from_utf8_lossy(&o.stdout)
@@ -76,9 +76,9 @@ fn perf_run_time(data: &Path) -> HashMap<u32, f64> {
             let f: Vec<&str> = l.split_whitespace().collect();
             let name = f.first()?;
             let ids = name.rsplit_once('[')?.1.strip_suffix(']')?;
-            let tid = ids.split('/').next()?.parse().ok()?;
+            let (tid, pid) = ids.split_once('/')?;
             let run_ms: f64 = f.get(3)?.parse().ok()?;
-            Some((tid, run_ms * 1e6))
+            Some((tid.parse().ok()?, (pid.parse().ok()?, run_ms * 1e6)))
         })
         .collect()
 }
@@ -175,7 +175,7 @@ fn record_and_compare() -> (usize, u64, Vec<String>) {
         // sched-trace leaves unattributed; and it does not count the last run of a thread that
         // exited (its final switch-out is filed under no thread).
         match run_time.get(&tid) {
-            Some(&p_run) => {
+            Some(&(_, p_run)) => {
                 let (mut on_cpu, gap) = (u(&t["on_cpu_ns"]) as f64, u(&t["unaccounted_ns"]) as f64);
                 if t["exited"] == true {
                     on_cpu -= last_run.get(&tid).copied().unwrap_or(0.0);
@@ -191,6 +191,20 @@ fn record_and_compare() -> (usize, u64, Vec<String>) {
             compared += 1;
         }
         woken += u(&rl["from_wakeup"]);
+    }
+    // And the other way round: every thread of the traced process that perf saw run is in
+    // sched-trace's report (a thread sched-trace dropped would not show above).
+    let ours: std::collections::HashSet<u64> =
+        report["threads"].as_array().unwrap().iter().filter_map(|t| t["tid"].as_u64()).collect();
+    let theirs: Vec<u32> =
+        run_time.iter().filter(|(_, (pid, run))| *pid == main_tid && *run > 0.0).map(|(t, _)| *t).collect();
+    assert!(theirs.len() >= 4, "perf saw only threads {theirs:?} of PID {main_tid}");
+    for tid in theirs {
+        if !ours.contains(&(tid as u64)) {
+            failures.push(format!(
+                "thread {tid} of PID {main_tid} ran according to perf but is not in sched-trace's report"
+            ));
+        }
     }
     assert!(
         failures.is_empty(),

@@ -26,11 +26,6 @@ impl Truth {
     }
 }
 
-fn within(actual: u64, expected: u64, rel: f64, abs_ns: u64) -> bool {
-    let diff = actual.abs_diff(expected);
-    diff <= abs_ns || diff as f64 <= expected as f64 * rel
-}
-
 #[test]
 fn record_agrees_with_kernel_counters_and_workload() {
     let Some(_k) = kernel_probes() else { return };
@@ -90,27 +85,35 @@ fn record_agrees_with_kernel_counters_and_workload() {
         // Times. The kernel reads its rq clock once at the start of __schedule, before it picks
         // the next task; the trace's switch timestamp comes after the pick. So every switch-in
         // moves some microseconds from the kernel's run delay to its exec time, relative to the
-        // trace (up to 19 µs per switch was measured on this VM, under the uprobes of the
-        // ping-pong): allow 25 µs per switch. The kernel's exec time also leaves out time the
-        // hypervisor stole from the vCPU, which the trace's on-CPU time (switch in to switch out)
-        // includes. And where the kernel did not report a switch-in (tasks hidden from tracing
-        // ran on that CPU), the trace leaves the window unattributed: the kernel's figure lies
-        // inside it.
+        // trace (up to 36 µs per switch was measured on this VM, for a thread woken on an idle
+        // vCPU): the trace's on-CPU time is at most the kernel's exec time and at least that
+        // less 50 µs per switch, its run-queue time the other way round — and their sum, which
+        // the move does not change, agrees within 2% (or 300 µs). The kernel's exec time also
+        // leaves out time the hypervisor stole from the vCPU, which the trace's on-CPU time
+        // (switch in to switch out) includes, and time stolen between the kernel's clock reading
+        // and the tracepoint moves a wait's start or end. Where the kernel did not report a switch-in (tasks
+        // hidden from tracing ran on that CPU), the trace leaves the window unattributed: the
+        // kernel's figures lie inside it.
         let switches = s.voluntary_switches + s.involuntary_switches;
-        let (steal, gap, slack) = (t.u("machine_steal_ns"), s.unaccounted_ns, 500_000 + 25_000 * switches);
+        let (steal, gap) = (t.u("machine_steal_ns"), s.unaccounted_ns);
         let (exec, delay) = (t.u("sum_exec_ns"), t.u("run_delay_ns"));
+        let moved = 50_000 * switches;
+        let (on, runq) = (s.on_cpu_ns, s.runqueue_ns);
+        assert!(on > 0 && exec > 0, "on-CPU time: {ctx}");
+        assert!(on <= exec + steal + 300_000 && on + moved + gap + 300_000 >= exec, "on-CPU time: {ctx}");
         assert!(
-            within(s.on_cpu_ns, exec, 0.02, slack)
-                || (exec + slack >= s.on_cpu_ns && exec <= s.on_cpu_ns + gap + slack)
-                || (s.on_cpu_ns > exec && s.on_cpu_ns <= exec + steal + slack),
-            "on-CPU time: {ctx}"
-        );
-        assert!(
-            within(s.runqueue_ns, delay, 0.05, slack + 500_000)
-                || (delay + slack >= s.runqueue_ns && delay <= s.runqueue_ns + gap + slack)
-                || (s.runqueue_ns > delay && s.runqueue_ns <= delay + steal + slack),
+            runq + steal + 300_000 >= delay && runq <= delay + moved + steal + gap + 300_000,
             "run-queue time: {ctx}"
         );
+        let (both, kernel_both) = (on + runq, exec + delay);
+        let tolerance = 300_000 + kernel_both / 50;
+        assert!(
+            both + gap + tolerance >= kernel_both && both <= kernel_both + steal + tolerance,
+            "on-CPU + run-queue time against exec time + run delay: {ctx}"
+        );
+        if delay > 0 && switches >= 10 {
+            assert!(runq > 0, "run-queue time: {ctx}");
+        }
 
         // What the thread did during its own work, from the trace, against what it measured.
         let (start, end) = (at(t.u("work_start_ns")), at(t.u("work_end_ns")));

@@ -69,6 +69,32 @@ fn assert_detached() {
     }
 }
 
+/// The check every test here ends with sees every kind of program `record` loads, the USDT
+/// program included: while the reference runtime is recorded they are all listed.
+#[test]
+fn the_detach_check_sees_every_program_record_loads() {
+    let Some(_k) = kernel_probes() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("attached.trace");
+    let rec = spawn_record(&["--", refrt().to_str().unwrap(), "pingpong", "--duration", "1.5"], &out);
+    // Attached once the command runs (its USDT probes fire).
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut loaded = loaded_sched_trace_programs();
+    while !loaded.iter().any(|p| p == "usdt") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+        loaded = loaded_sched_trace_programs();
+    }
+    for name in ["usdt", "sched_switch", "sched_waking", "sys_enter_epoll", "sched_process_f"] {
+        assert!(
+            loaded.iter().any(|p| p.starts_with(name)),
+            "{name} is not listed while recording: {loaded:?}"
+        );
+    }
+    let (status, err) = finish(rec);
+    assert!(status.success(), "{err}");
+    assert_detached();
+}
+
 #[test]
 fn sigint_stops_cleanly_and_detaches() {
     let Some(_k) = kernel_probes() else { return };
@@ -194,13 +220,31 @@ fn a_full_disk_stops_the_recording_and_keeps_what_was_written() {
     let _ = storm.wait();
     let (_, err) = finish(rec);
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("No space left on device") && err.contains("full.trace"), "{err}");
-    assert!(err.contains("holds everything up to the last whole chunk"), "{err}");
+    assert!(err.contains("full.trace"), "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "the OS error, once: {err}");
+    assert!(
+        err.contains("are not in the file") && err.contains("closed with an end marker that says so"),
+        "the summary says what is missing: {err}"
+    );
     assert_detached();
     let r = report_json(&out);
-    assert_eq!(r["trace"]["closed_cleanly"], false);
-    assert!(r["trace"]["truncated"].is_null(), "the partial chunk was cut off: {}", r["trace"]);
+    assert_eq!(r["trace"]["closed_cleanly"], true, "the end marker went into the space kept for it");
+    assert!(r["trace"]["truncated"].is_null(), "the partial chunk was overwritten: {}", r["trace"]);
     assert!(r["trace"]["events"].as_u64().unwrap() > 1_000);
+    let failure = &r["trace"]["write_failure"];
+    assert!(failure["error"].as_str().unwrap().contains("No space left on device"), "{failure}");
+    assert!(failure["unwritten_events"].as_u64().unwrap() > 0, "{failure}");
+    let missing = r["lost"]["missing_after_ns"].as_u64().expect("the loss after the failure is stated");
+    assert!(missing > 0 && missing <= r["trace"]["duration_ns"].as_u64().unwrap(), "{}", r["lost"]);
+    let text = output(sched_trace().arg("report").arg(&out));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("was not recorded") && text.contains("could not be written"), "{text}");
+
+    // Writing a dump to the full disk is an error too, not a quiet success.
+    let dump = std::fs::File::create(mnt.join("dump.txt")).unwrap();
+    let o = output(sched_trace().arg("dump").arg(&out).stdout(dump));
+    assert_eq!(o.status.code(), Some(1), "dump to a full disk: {}", stderr(&o));
+    assert!(stderr(&o).contains("No space left on device"), "{}", stderr(&o));
 }
 
 #[test]

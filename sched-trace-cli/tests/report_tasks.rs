@@ -11,7 +11,7 @@ use sched_trace::{
     correlate,
     report::{self, Report, ReportFilter},
     trace::{
-        Comm, DropCounters, EndInfo, TraceInfo, TraceReader, TraceTarget, TraceWriter, UserProbe,
+        Comm, DropCounters, EndInfo, TraceInfo, TraceReader, TraceTarget, TraceWriter,
         format::{TaskEntry, TaskSource},
         synthetic as syn,
     },
@@ -30,14 +30,7 @@ const READY: u32 = 3;
 const EXIT: u32 = 4;
 
 fn info() -> TraceInfo {
-    let probe = |index: u32, name: &str| UserProbe {
-        index,
-        binary: "/bin/refrt".into(),
-        provider: "refrt".into(),
-        name: name.into(),
-        file_offset: 0x1000 + index as u64,
-        args: String::new(),
-    };
+    let probe = syn::refrt_probe;
     synthetic_info(
         TraceTarget::Command { argv: vec!["./refrt".into()], pid: P },
         vec![
@@ -91,6 +84,7 @@ fn write(path: &Path) {
         end_ns: us(121),
         events: 15,
         stop_reason: "the command exited (exit status 0)".into(),
+        write_failure: None,
     })
     .unwrap();
 }

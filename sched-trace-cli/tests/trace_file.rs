@@ -66,8 +66,13 @@ fn write_synthetic(path: &Path, compressed: bool) -> u64 {
         unreceived: 0,
     })
     .unwrap();
-    w.finish(&EndInfo { end_ns: ts, events, stop_reason: "the command exited (exit status 0)".into() })
-        .unwrap();
+    w.finish(&EndInfo {
+        end_ns: ts,
+        events,
+        stop_reason: "the command exited (exit status 0)".into(),
+        write_failure: None,
+    })
+    .unwrap();
     events
 }
 
@@ -231,6 +236,36 @@ fn text_report_matches_golden_file() {
     write_synthetic(&path, true);
     let correlation = correlate::correlate(TraceReader::open(&path).unwrap()).unwrap();
     let report = Report::build(Path::new("golden.trace"), &correlation);
+    // The numbers, from how `write_synthetic` built the trace (200 periods k of 60 µs; i = k % 50):
+    // a runs 10 µs, sleeps 30 µs until b wakes it, waits 20 µs for CPU 0; b, woken at 5 µs,
+    // waits 20 µs + 10 ns·i for CPU 1, runs until 55 µs and sleeps 10 µs. The first wake-up of
+    // b comes before anything is known of it (no wait); a's last wait is closed at the end of
+    // the trace, 15 µs after its wake-up.
+    let thread = |tid: u32| report.threads.iter().find(|t| t.tid == tid).unwrap();
+    let (a, b) = (thread(P), thread(P + 1));
+    let b_waits: Vec<u64> = (1..200).map(|k| 20_000 + 10 * (k % 50)).collect();
+    assert_eq!(a.on_cpu_ns, 200 * 10_000);
+    assert_eq!(b.on_cpu_ns, (0..200).map(|k| 30_000 - 10 * (k % 50)).sum::<u64>());
+    assert_eq!(a.off_cpu.sleeping_ns, 200 * 30_000);
+    assert_eq!(a.off_cpu.runqueue_ns, 199 * 20_000 + 15_000);
+    assert_eq!(b.off_cpu.sleeping_ns, 199 * 10_000);
+    assert_eq!(b.off_cpu.runqueue_ns, b_waits.iter().sum::<u64>());
+    assert_eq!((a.runqueue_latency.count, a.runqueue_latency.max_ns), (199, 20_000));
+    let mut sorted = b_waits.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        (b.runqueue_latency.count, b.runqueue_latency.p50_ns, b.runqueue_latency.max_ns),
+        (199, sorted[99], 20_490)
+    );
+    assert_eq!((a.switches.voluntary, a.switches.involuntary, b.switches.voluntary), (200, 0, 200));
+    assert_eq!((a.migrations, b.migrations), (0, 2));
+    assert_eq!(
+        (a.wakers[0].tid, a.wakers[0].count, b.wakers[0].tid, b.wakers[0].count),
+        (P + 1, 200, P, 199)
+    );
+    let p = &report.processes[0];
+    assert_eq!(p.on_cpu_ns, a.on_cpu_ns + b.on_cpu_ns);
+    assert_eq!(p.runqueue_latency.count, 398);
     let text = report::text::render(&report, 30);
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/report.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -239,4 +274,69 @@ fn text_report_matches_golden_file() {
     let expected =
         std::fs::read_to_string(&golden).expect("tests/golden/report.txt (UPDATE_GOLDEN=1 writes it)");
     assert_eq!(text, expected, "the text report changed; rerun with UPDATE_GOLDEN=1 if that is intended");
+}
+
+/// A trace whose chunks are whole but whose records contradict each other: time running back
+/// across chunks, a thread switched in twice, a CPU the host did not have, a thread id no kernel
+/// hands out, a task run on two threads at once and a park of a task that was not running.
+/// `report`, `report --json` and `export` all succeed and state what they could not place.
+#[test]
+fn a_trace_that_contradicts_itself_is_reported_and_exported_with_counts() {
+    let probe = syn::refrt_probe;
+    let (a, b) = ((P, P), (P + 1, P));
+    let info = synthetic_info(
+        TraceTarget::Command { argv: vec!["./app".into()], pid: P },
+        vec![probe(0, "task_run"), probe(1, "task_park")],
+    );
+    let (_d, path) = temp("contradicts.trace");
+    let mut w = TraceWriter::create(&path, &info).unwrap();
+    let ms = 1_000_000u64;
+    let mut first = Vec::new();
+    first.extend(syn::switch(10 * ms, 0, (0, 0), a, 0, false));
+    first.extend(syn::user_task(12 * ms, 0, a, 0, &[1, 0, 0]));
+    first.extend(syn::switch(13 * ms, 1, (0, 0), b, 0, false));
+    first.extend(syn::user_task(14 * ms, 1, b, 0, &[1, 0, 1])); // task 1 still runs on a
+    first.extend(syn::user_task(16 * ms, 1, b, 1, &[2, 3, u64::MAX])); // task 2 never ran
+    first.extend(syn::switch(20 * ms, 1, b, (0, 0), 1, false));
+    first.extend(syn::switch(21 * ms, 1, (0, 0), a, 0, false)); // a was running on CPU 0
+    first.extend(syn::switch(30 * ms, 1, a, (0, 0), 1, false));
+    first.extend(syn::switch(35 * ms, 7, (0, 0), b, 0, false)); // no CPU 7 on this host
+    first.extend(syn::wake(kind::WAKEUP, 40 * ms, 0, b, (5_000_000, P))); // no such thread id
+    first.extend(syn::switch(140 * ms, 0, (0, 0), b, 0, false));
+    first.extend(syn::switch(200 * ms, 0, b, (0, 0), 1, false));
+    w.write_events(&first).unwrap();
+    // Beyond the reader's reorder window after the chunk before.
+    w.write_events(&syn::epoll_enter(100 * ms, b, -1)).unwrap();
+    w.write_drops(&DropCounters { per_cpu: vec![vec![0; DropCounters::SLOTS]; 2], ..Default::default() })
+        .unwrap();
+    w.finish(&EndInfo { end_ns: 200 * ms, events: 13, stop_reason: "test".into(), write_failure: None })
+        .unwrap();
+
+    let o = output(sched_trace().arg("report").arg(&path));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    for said in [
+        "1 events earlier than events before them",
+        "1 events naming CPUs the host did not have",
+        "1 events naming impossible thread ids",
+        "1 task runs that cut another run short",
+        "1 task parks or exits off the task's thread",
+        "and 1 switch-outs were not reported",
+    ] {
+        assert!(text.contains(said), "the text report says `{said}`:\n{text}");
+    }
+    let r = report_json(&path);
+    let u = &r["trace"]["unplaced"];
+    assert_eq!(u["rejected"], serde_json::json!({"backwards_time": 1, "bad_cpu": 1, "bad_id": 1}), "{u}");
+    assert_eq!(u["task_anomalies"], serde_json::json!({"conflicting_runs": 1, "stray_ends": 1}), "{u}");
+    assert_eq!(r["trace"]["missed_switch_outs"], 1);
+    assert_eq!(r["trace"]["events"], 11, "13 records, 2 dropped");
+    for format in ["perfetto", "chrome-json"] {
+        let out = path.with_extension(format);
+        let o = output(sched_trace().arg("export").arg(&path).args(["--format", format, "-o"]).arg(&out));
+        assert!(o.status.success(), "export --format {format}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("contradicts itself") && err.contains("1 events naming CPUs"), "{err}");
+        assert!(std::fs::metadata(&out).unwrap().len() > 100);
+    }
 }

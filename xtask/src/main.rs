@@ -59,6 +59,23 @@ enum Task {
         #[arg(long)]
         workload: Option<String>,
     },
+    /// Build the fuzz harness optimised (with overflow checks) and run it long: every target,
+    /// over mutations of the corpus (trace seeds trimmed from real recordings; the reference
+    /// runtime's executable for the USDT notes), split over parallel jobs with their own seeds.
+    Fuzz {
+        /// Mutated inputs per target, in all jobs together.
+        #[arg(long, default_value_t = 1_000_000)]
+        inputs: u64,
+        /// Parallel jobs (processes).
+        #[arg(long, default_value_t = 2)]
+        jobs: u64,
+        /// Stop each job after this many seconds.
+        #[arg(long, default_value_t = 7200)]
+        seconds: u64,
+        /// Seed of the first job (job n uses seed + n).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Set up, build release binaries, and measure: the reference runtime against a tokio peer,
     /// and what tracing it with sched-trace costs. Prints a markdown table (for BENCHMARKS.md).
     Bench {
@@ -130,6 +147,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Fuzz { inputs, jobs, seconds, seed } => fuzz(&root, inputs, jobs, seconds, seed),
         Task::Demo { output, workload } => {
             setup()?;
             run(cargo(&root).args(["build", "--release", "--bins"]), "cargo build --release")?;
@@ -142,6 +160,45 @@ fn main() -> Result<()> {
             run(&mut cmd, "sched-trace demo")
         }
     }
+}
+
+fn fuzz(root: &Path, inputs: u64, jobs: u64, seconds: u64, seed: u64) -> Result<()> {
+    run(
+        cargo(root).args(["build", "--profile", "fuzz", "-p", "sched-trace-fuzz", "--bins"]),
+        "cargo build --profile fuzz",
+    )?;
+    // The reference runtime's executable: a real ELF with USDT notes, for the note target.
+    run(
+        cargo(root).args(["build", "--release", "-p", "reference-runtime", "--bin", "refrt"]),
+        "cargo build refrt",
+    )?;
+    let exe = root.join("target/fuzz/sched-trace-fuzz");
+    let refrt = root.join("target/release/refrt");
+    let crashes = root.join("target/fuzz-crashes");
+    let jobs = jobs.max(1);
+    let started = std::time::Instant::now();
+    let children: Vec<_> = (0..jobs)
+        .map(|n| {
+            Command::new(&exe)
+                .args(["run", "--inputs"])
+                .arg(inputs.div_ceil(jobs).to_string())
+                .args(["--seconds", &seconds.to_string(), "--seed", &(seed + n).to_string(), "--crashes"])
+                .arg(&crashes)
+                .arg("--extra-seed")
+                .arg(format!("usdt={}", refrt.display()))
+                .spawn()
+                .with_context(|| format!("starting {}", exe.display()))
+        })
+        .collect::<Result<_>>()?;
+    let mut clean = true;
+    for mut c in children {
+        clean &= c.wait().context("waiting for a fuzz job")?.success();
+    }
+    eprintln!("xtask fuzz: {jobs} jobs in {:.0} s", started.elapsed().as_secs_f64());
+    if !clean {
+        bail!("the fuzz harness found crashes (saved in {})", crashes.display());
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

@@ -6,8 +6,8 @@ pub mod threads;
 
 use crate::trace::{EventKind, TraceError, TraceInfo, TraceReader, TraceTables, TraceTarget};
 pub use tasks::{
-    ParkReason, Queue, RunInterval, RunSegment, TaskSpan, TaskSpanState, TaskStats, TaskTracker, Transition,
-    Waker,
+    ParkReason, Queue, RunInterval, RunSegment, TaskAnomalies, TaskSpan, TaskSpanState, TaskStats,
+    TaskTracker, Transition, Waker,
 };
 pub use threads::{
     CpuStats, IRQ_WAKER, OffCpu, Scope, SpanState, ThreadSpan, ThreadState, ThreadStats, ThreadTracker,
@@ -24,9 +24,48 @@ pub struct Correlation {
     pub tasks: Vec<TaskStats>,
     /// Hits per user-level probe (index into `info.user_probes`).
     pub user_probe_hits: std::collections::BTreeMap<u32, u64>,
+    /// Runtime transitions that contradicted the ones before them.
+    pub task_anomalies: TaskAnomalies,
     /// First and last event timestamps.
     pub first_ts: u64,
     pub last_ts: u64,
+}
+
+/// What a correlation could not place as the file had it: events the reader dropped or moved
+/// (impossible CPUs or ids, time running backwards) and runtime transitions that contradicted
+/// the ones before them. The report and the export state these counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Unplaced {
+    pub rejected: crate::trace::validate::Rejected,
+    pub task_anomalies: TaskAnomalies,
+}
+
+impl Unplaced {
+    pub fn total(&self) -> u64 {
+        self.rejected.total() + self.task_anomalies.total()
+    }
+
+    /// Each non-zero count, in words.
+    pub fn describe(&self) -> Vec<String> {
+        let (r, t) = (&self.rejected, &self.task_anomalies);
+        [
+            (r.backwards_time, "events earlier than events before them (moved forward in time)"),
+            (r.bad_cpu, "events naming CPUs the host did not have (dropped)"),
+            (r.bad_id, "events naming impossible thread ids (dropped)"),
+            (t.conflicting_runs, "task runs that cut another run short"),
+            (t.stray_ends, "task parks or exits off the task's thread"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, text)| format!("{} {text}", crate::units::count(n)))
+        .collect()
+    }
+}
+
+impl Correlation {
+    pub fn unplaced(&self) -> Unplaced {
+        Unplaced { rejected: self.tables.rejected, task_anomalies: self.task_anomalies }
+    }
 }
 
 /// The threads a trace is about.
@@ -89,15 +128,23 @@ impl Correlator {
         }
     }
 
-    pub fn finish(
-        self,
-        end: u64,
-    ) -> (Vec<ThreadStats>, Vec<CpuStats>, Vec<TaskStats>, std::collections::BTreeMap<u32, u64>) {
+    /// Closes every timeline at `end`.
+    pub fn finish(self, end: u64) -> Finished {
         let threads = &self.threads;
+        let task_anomalies = self.tasks.anomalies();
         let tasks = self.tasks.finish(end, |tid| threads.state(tid));
         let (threads, cpus) = self.threads.finish_with_cpus(end);
-        (threads, cpus, tasks, self.user_probe_hits)
+        Finished { threads, cpus, tasks, user_probe_hits: self.user_probe_hits, task_anomalies }
     }
+}
+
+/// What a [`Correlator`] ends with.
+pub struct Finished {
+    pub threads: Vec<ThreadStats>,
+    pub cpus: Vec<CpuStats>,
+    pub tasks: Vec<TaskStats>,
+    pub user_probe_hits: std::collections::BTreeMap<u32, u64>,
+    pub task_anomalies: TaskAnomalies,
 }
 
 /// Reads the whole trace and correlates it.
@@ -133,12 +180,13 @@ fn run<R: std::io::Read>(mut reader: TraceReader<R>, timelines: bool) -> Result<
     let info = reader.info().clone();
     let tables = reader.into_tables()?;
     let last_ts = tables.last_ts;
-    let (threads, cpus, tasks, user_probe_hits) = c.finish(last_ts);
+    let Finished { threads, cpus, tasks, user_probe_hits, task_anomalies } = c.finish(last_ts);
     Ok(Correlation {
         threads,
         cpus,
         tasks,
         user_probe_hits,
+        task_anomalies,
         first_ts: first_ts.unwrap_or(info.start_ns),
         last_ts,
         info,

@@ -212,15 +212,19 @@ pub struct TaskStats {
 impl TaskStats {
     /// Time the runtime considered the task running.
     pub fn running_ns(&self) -> u64 {
-        self.on_cpu_ns
-            + self.cfs_stolen_ns
-            + self.kernel_blocked_ns
-            + self.blocking_call_ns
-            + self.unaccounted_ns
+        [
+            self.on_cpu_ns,
+            self.cfs_stolen_ns,
+            self.kernel_blocked_ns,
+            self.blocking_call_ns,
+            self.unaccounted_ns,
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add)
     }
 
     pub fn parked_total_ns(&self) -> u64 {
-        self.parked_ns.values().sum()
+        self.parked_ns.values().fold(0, |a, b| a.saturating_add(*b))
     }
 }
 
@@ -243,13 +247,32 @@ struct Task {
     runnable_by: Option<Waker>,
 }
 
+/// Runtime transitions that contradict the ones before them (lost probe records, or a file
+/// that contradicts itself). Each is counted and the model carries on from the new transition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TaskAnomalies {
+    /// A run cut short by a transition that contradicts it: the task run on a thread that was
+    /// running another task, run again while it ran on another thread, or spawned while it ran.
+    pub conflicting_runs: u64,
+    /// A park or exit from a thread the task was not running on.
+    pub stray_ends: u64,
+}
+
+impl TaskAnomalies {
+    pub fn total(&self) -> u64 {
+        self.conflicting_runs + self.stray_ends
+    }
+}
+
 /// Folds runtime transitions and the thread states under running tasks into per-task totals.
 #[derive(Default)]
 pub struct TaskTracker {
     tasks: FxHashMap<TaskKey, Task>,
-    /// Per thread, the task running on it and when its current segment began.
+    /// Per thread, the task running on it and when its current segment began. A task is in it
+    /// under one thread at most.
     running: FxHashMap<u32, (TaskKey, u64)>,
     record_timelines: bool,
+    anomalies: TaskAnomalies,
 }
 
 impl TaskTracker {
@@ -306,6 +329,17 @@ impl TaskTracker {
             record,
             runnable_by: None,
         });
+        // A task runs on one thread at a time: any transition into running, or into runnable by
+        // a spawn, ends the run the model has (a contradiction, counted).
+        if matches!(t, Transition::Run { .. } | Transition::Spawn { .. })
+            && let Some(elsewhere) = entry.running_on()
+            && !matches!(t, Transition::Run { .. } if elsewhere == tid)
+        {
+            self.anomalies.conflicting_runs += 1;
+            if self.running.get(&elsewhere).is_some_and(|(k, _)| *k == key) {
+                self.running.remove(&elsewhere);
+            }
+        }
         match t {
             Transition::Spawn { parent, queue } => {
                 entry.stats.parent = parent;
@@ -354,7 +388,15 @@ impl TaskTracker {
                 }
                 entry.last_tid = Some(tid);
                 entry.set_state(ts, TaskState::Running { tid, since: ts });
-                self.running.insert(tid, (key, ts));
+                if let Some((other, _)) = self.running.insert(tid, (key, ts))
+                    && other != key
+                {
+                    // The thread was running another task: that run ends here, unfinished.
+                    self.anomalies.conflicting_runs += 1;
+                    if let Some(o) = self.tasks.get_mut(&other) {
+                        o.set_state(ts, TaskState::Unknown);
+                    }
+                }
             }
             Transition::Park { reason, fd } => {
                 // A yield leaves the task runnable (Go's Gosched queues it): its wait counts as
@@ -366,18 +408,38 @@ impl TaskTracker {
                 } else {
                     TaskState::Parked { since: ts, reason, fd }
                 };
+                let ran_on = entry.running_on();
                 entry.set_state(ts, next);
                 entry.runnable_by = None;
-                self.running.remove(&tid);
+                self.stop_running(key, tid, ran_on);
             }
             Transition::Exit => {
                 entry.stats.exited = true;
+                let ran_on = entry.running_on();
                 entry.set_state(ts, TaskState::Exited);
-                self.running.remove(&tid);
+                self.stop_running(key, tid, ran_on);
             }
             Transition::BlockEnter => entry.in_blocking_call = true,
             Transition::BlockExit => entry.in_blocking_call = false,
         }
+    }
+
+    /// Task `key` stopped running (a park or an exit fired on `tid`); `ran_on`: the thread the
+    /// model had it running on.
+    fn stop_running(&mut self, key: TaskKey, tid: u32, ran_on: Option<u32>) {
+        if ran_on != Some(tid) {
+            self.anomalies.stray_ends += 1;
+        }
+        for t in [Some(tid), ran_on].into_iter().flatten() {
+            if self.running.get(&t).is_some_and(|(k, _)| *k == key) {
+                self.running.remove(&t);
+            }
+        }
+    }
+
+    /// Transitions that contradicted the ones before them, so far.
+    pub fn anomalies(&self) -> TaskAnomalies {
+        self.anomalies
     }
 
     /// Closes every task at `end` (running ones through their thread's last state) and returns
@@ -408,6 +470,13 @@ impl TaskTracker {
 }
 
 impl Task {
+    fn running_on(&self) -> Option<u32> {
+        match self.state {
+            TaskState::Running { tid, .. } => Some(tid),
+            _ => None,
+        }
+    }
+
     /// Moves to `new` at `ts`, closing the run interval or the timeline span of the state it
     /// leaves.
     fn set_state(&mut self, ts: u64, new: TaskState) {

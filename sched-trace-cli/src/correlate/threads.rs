@@ -13,7 +13,9 @@
 //! off-CPU transition or the last switch seen on that CPU, whichever is later) and the event
 //! that shows it running. That window is not guessed into either side: it is counted as
 //! unaccounted time, so on-CPU and off-CPU totals stay lower bounds and the gap is visible.
-//! Such missed switch-ins are counted, and give no run-queue latency sample.
+//! Such missed switch-ins are counted, and give no run-queue latency sample. The other way round
+//! happens too: a thread switched in while the trace has it running still (its switch-out was
+//! not reported). Its run before that is left unattributed and counted as a missed switch-out.
 
 use std::collections::HashMap;
 
@@ -114,6 +116,9 @@ pub struct ThreadStats {
     pub exited: bool,
     /// Switch-ins the trace did not contain (see the module docs)...
     pub missed_switch_ins: u64,
+    /// Switch-ins while the trace had the thread running already: its switch-out is missing
+    /// (lost, or a file that contradicts itself). The run before is not attributed...
+    pub missed_switch_outs: u64,
     /// ...and the time around them that cannot be attributed to a state.
     pub unaccounted_ns: u64,
     pub first_ts: u64,
@@ -202,7 +207,9 @@ impl Thread {
     /// before `earliest`.
     fn missed_switch_in(&mut self, earliest: u64, seen: u64, cpu: u16) {
         if let ThreadState::Off { since, why } = self.state {
-            let earliest = earliest.clamp(since, seen);
+            // Times are in order after the reader; a caller's own events may not be.
+            let seen = seen.max(since);
+            let earliest = earliest.max(since).min(seen);
             self.stats.add_off(why, earliest - since);
             self.stats.unaccounted_ns += seen - earliest;
             self.span(since, earliest, SpanState::Off { why, waker: None });
@@ -502,7 +509,7 @@ impl ThreadTracker {
             };
             t.set_state(e.ts, new);
             let cpu = self.cpu(e.cpu);
-            cpu.busy_ns += ran;
+            cpu.busy_ns = cpu.busy_ns.saturating_add(ran);
             if still_runnable {
                 cpu.preemptions += 1;
                 if s.next_tid != 0 {
@@ -513,6 +520,13 @@ impl ThreadTracker {
         }
         if self.in_scope(s.next_tid, s.next_pid) {
             let t = self.thread(s.next_tid, s.next_pid, e.ts);
+            if let ThreadState::Running { since, .. } = t.state {
+                // Its switch-out is not in the trace: when the last run ended cannot be told.
+                t.stats.missed_switch_outs += 1;
+                t.stats.unaccounted_ns += e.ts.saturating_sub(since);
+                t.span(since, e.ts, SpanState::Unattributed);
+                t.state = ThreadState::Unknown;
+            }
             let mut latency = None;
             if let ThreadState::Off { since, why } = t.state {
                 let ns = e.ts.saturating_sub(since);

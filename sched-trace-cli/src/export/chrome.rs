@@ -15,7 +15,8 @@ use super::{Arg, ExportError, ExportSummary, Slice, Tracks};
 /// The made-up process that holds the CPU tracks (beyond any `pid_max`, within an i32, which
 /// is what importers read ids as).
 pub const CPUS_PID: u32 = 1 << 30;
-/// Task tracks are threads `TASK_TID_BASE + task id` of their process.
+/// Task tracks are threads `TASK_TID_BASE + n` of their process (the n-th task track; the
+/// track's name says the task id).
 pub const TASK_TID_BASE: u64 = 1 << 30;
 
 /// Writes `tracks` to `path`.
@@ -56,8 +57,9 @@ pub fn write_to(tracks: &Tracks, out: &mut impl Write) -> std::io::Result<()> {
             event(out, complete(CPUS_PID as u64, c.cpu as u64, s))?;
         }
     }
-    for t in &tracks.tasks {
-        let tid = TASK_TID_BASE + t.task;
+    // Task tracks are numbered in order: task ids can be any 64-bit number, track ids cannot.
+    for (n, t) in tracks.tasks.iter().enumerate() {
+        let tid = TASK_TID_BASE + n as u64;
         event(out, meta(t.pid as u64, tid, "thread_name", &format!("task {}", t.task)))?;
         for s in &t.slices {
             event(out, complete(t.pid as u64, tid, s))?;

@@ -82,20 +82,32 @@ pub enum RecordError {
     Drain(#[source] std::io::Error),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
-    #[error(
-        "writing the trace failed after {events} events; {path} holds everything up to the last whole chunk ({bytes} bytes)"
-    )]
-    Write {
-        path: PathBuf,
-        events: u64,
-        bytes: u64,
-        #[source]
-        source: TraceError,
-    },
+    #[error("{0}")]
+    Write(Box<WriteFailed>),
     #[error(transparent)]
     Trace(#[from] TraceError),
     #[error(transparent)]
     Usdt(#[from] usdt::UsdtError),
+}
+
+/// Writing the trace failed (a full disk): what the file holds and what it lacks.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "writing the trace failed after {events} events: {error}. Events recorded after {written_s:.3} s \
+     into the recording are not in the file ({unwritten} of them were received and could not be \
+     written); {path} holds everything before that ({bytes} bytes), {closing}"
+)]
+pub struct WriteFailed {
+    pub path: PathBuf,
+    pub events: u64,
+    /// Seconds into the recording of the last event written.
+    pub written_s: f64,
+    pub unwritten: u64,
+    pub bytes: u64,
+    /// Whether the file got an end marker saying so.
+    pub closing: &'static str,
+    /// Its message is part of this one's (so it is not a `source` too).
+    pub error: TraceError,
 }
 
 /// What to record and where.
@@ -212,11 +224,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
     // User-level probes of the traced executables.
     let mut binaries: Vec<PathBuf> = command.iter().map(|c| c.program().to_path_buf()).collect();
-    binaries.extend(opts.pids.iter().filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()));
+    binaries.extend(opts.pids.iter().map(|p| PathBuf::from(format!("/proc/{p}/exe"))));
     binaries.extend(opts.usdt_binaries.iter().cloned());
     let mut usdt = UsdtCatalog::new(opts.usdt, &kernel);
     let mut skipped = Vec::new();
-    let initial_probes = usdt.add(&binaries, &mut skipped)?;
+    let initial_probes = usdt.add(&binaries, &mut skipped);
 
     // The file first: an unwritable path fails before anything is loaded into the kernel.
     let mut info = trace_info(&opts, target, &kernel);
@@ -313,23 +325,50 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     }
     session.status.clear();
     drop(session.tx);
-    let sink_result =
-        sink.join().unwrap_or_else(|_| Err(TraceError::Encode("the trace writer thread panicked".into())));
-
-    // A failed write explains everything after it (the drain stops when the writer does).
-    let write_error = |source| RecordError::Write {
-        path: opts.output.clone(),
-        events: stats.events.load(Ordering::Relaxed),
-        // The writer cut the file back to its last whole chunk: its size is what is kept.
-        bytes: std::fs::metadata(&opts.output).map(|m| m.len()).unwrap_or(0),
-        source,
-    };
-    let out = sink_result.map_err(write_error)?;
+    let out = sink.join().map_err(|_| TraceError::Encode("the trace writer thread panicked".into()))?;
+    if let Some(error) = out.failure {
+        // Everything the kernel handed over after the last whole chunk is lost: say where the
+        // file ends, in the error and in the file's own end marker.
+        let received: u64 = session.received.iter().sum();
+        let failure = crate::trace::WriteFailure {
+            error: error.to_string(),
+            last_written_ns: out.last_written_ns,
+            unwritten_events: received.saturating_sub(out.events),
+        };
+        let end = EndInfo {
+            end_ns: host::monotonic_ns(),
+            events: out.events,
+            stop_reason: format!("writing the trace failed: {error}"),
+            write_failure: Some(failure.clone()),
+        };
+        let closed = out.writer.close_after_failure(&final_drops.unwrap_or_default(), &end);
+        return Err(RecordError::Write(Box::new(WriteFailed {
+            path: opts.output.clone(),
+            events: out.events,
+            written_s: out.last_written_ns.saturating_sub(start_ns) as f64 / 1e9,
+            unwritten: failure.unwritten_events,
+            bytes: closed
+                .as_ref()
+                .copied()
+                .unwrap_or_else(|_| std::fs::metadata(&opts.output).map(|m| m.len()).unwrap_or(0)),
+            closing: if closed.is_ok() {
+                "closed with an end marker that says so"
+            } else {
+                "without an end marker (this file system cannot keep room for one)"
+            },
+            error,
+        })));
+    }
     let (stop, command_status) = run?;
     let drops = final_drops?;
-    let end = EndInfo { end_ns: host::monotonic_ns(), events: out.events, stop_reason: stop.to_string() };
+    let end = EndInfo {
+        end_ns: host::monotonic_ns(),
+        events: out.events,
+        stop_reason: stop.to_string(),
+        write_failure: None,
+    };
     let events = out.events;
-    let bytes = out.writer.finish(&end).map_err(write_error)?;
+    let bytes = out.writer.finish(&end).map_err(RecordError::Trace)?;
     Ok(RecordSummary {
         output: opts.output.clone(),
         events,
@@ -385,12 +424,19 @@ impl KernelFacts {
     }
 }
 
+/// A file, by device and inode when it can be looked at.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum FileId {
+    Inode((u64, u64)),
+    Path(PathBuf),
+}
+
 /// The USDT probes a recording attaches, growing as traced processes exec new executables: the
 /// trace's probe table, and how the kernel reads each probe's arguments.
 struct UsdtCatalog {
     enabled: bool,
     /// Executables already inspected.
-    seen: std::collections::HashSet<PathBuf>,
+    seen: std::collections::HashSet<FileId>,
     table: Vec<crate::trace::UserProbe>,
     specs: Vec<sched_trace_abi::UsdtSpec>,
     pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
@@ -408,23 +454,48 @@ impl UsdtCatalog {
     }
 
     /// Reads the probes of the executables not seen yet, adds those that can be attached, and
-    /// returns the range of table indexes added. Probes that cannot be attached are reported on
-    /// stderr and listed in `skipped`.
-    fn add(
-        &mut self,
-        binaries: &[PathBuf],
-        skipped: &mut Vec<String>,
-    ) -> Result<std::ops::Range<usize>, RecordError> {
+    /// returns the range of table indexes added. Probes that cannot be attached, and executables
+    /// whose probes cannot be read (a script, a 32-bit program, a file gone), are reported on
+    /// stderr and listed in `skipped`: they are traced with the kernel probes all the same.
+    fn add(&mut self, binaries: &[PathBuf], skipped: &mut Vec<String>) -> std::ops::Range<usize> {
         let start = self.table.len();
         if !self.enabled {
-            return Ok(start..start);
+            return start..start;
         }
         for binary in binaries {
+            // /proc/PID/exe of a process whose executable was deleted still opens (and attaches):
+            // keep that path when the link's target is gone.
             let binary = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.clone());
-            if !self.seen.insert(binary.clone()) {
+            // The same file under two names (two PIDs' /proc/PID/exe) is probed once.
+            let identity = std::fs::metadata(&binary)
+                .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+                .ok();
+            if !self.seen.insert(identity.map_or_else(|| FileId::Path(binary.clone()), FileId::Inode)) {
                 continue;
             }
-            for p in usdt::read_probes(&binary)? {
+            let probes = match usdt::read_probes(&binary) {
+                Ok(p) => p,
+                Err(e) => {
+                    let why = match &e {
+                        usdt::UsdtError::Elf { what, .. } => what.clone(),
+                        usdt::UsdtError::Io { source, .. } => source.to_string(),
+                    };
+                    // A process that exec'd and exited before its executable could be looked at
+                    // is only listed; anything else is said.
+                    let vanished = matches!(&e, usdt::UsdtError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound)
+                        && binary.starts_with("/proc");
+                    if !vanished {
+                        eprintln!(
+                            "sched-trace: the USDT probes of {} are not read: {why}; it is traced with the kernel probes",
+                            binary.display()
+                        );
+                    }
+                    skipped.push(format!("{}: USDT probes not read: {why}", binary.display()));
+                    continue;
+                }
+            };
+            for p in probes {
                 let label = format!("USDT probe {}:{} in {}", p.provider, p.name, binary.display());
                 let spec = if p.semaphore != 0 {
                     Err("it is guarded by a semaphore, which sched-trace does not set".to_string())
@@ -454,7 +525,7 @@ impl UsdtCatalog {
                 }
             }
         }
-        Ok(start..self.table.len())
+        start..self.table.len()
     }
 
     /// Attaches the probes of `added` (a range [`Self::add`] returned).
@@ -692,16 +763,9 @@ impl Session {
             return Ok(());
         }
         let binaries: Vec<PathBuf> =
-            exec_pids.iter().filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok()).collect();
+            exec_pids.iter().map(|p| PathBuf::from(format!("/proc/{p}/exe"))).collect();
         let mut skipped = Vec::new();
-        // An executable that cannot be read (it may be gone already) is left unprobed.
-        let added = match usdt.add(&binaries, &mut skipped) {
-            Ok(added) => added,
-            Err(e) => {
-                eprintln!("sched-trace: warning: {e}");
-                return Ok(());
-            }
-        };
+        let added = usdt.add(&binaries, &mut skipped);
         if added.is_empty() && skipped.is_empty() {
             return Ok(());
         }

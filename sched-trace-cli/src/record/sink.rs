@@ -49,7 +49,12 @@ pub struct SinkStats {
 
 pub struct SinkOutput {
     pub writer: TraceWriter,
+    /// Events written to the file...
     pub events: u64,
+    /// ...the last of them at this time.
+    pub last_written_ns: u64,
+    /// Why writing stopped early (the sink hung up on the recorder then).
+    pub failure: Option<TraceError>,
 }
 
 struct Sink {
@@ -64,16 +69,14 @@ struct Sink {
     last_chunk: Instant,
     last_drops: Option<DropCounters>,
     events: u64,
+    last_written_ns: u64,
     stats: Arc<SinkStats>,
 }
 
 /// Runs the sink until the channel closes, then writes everything still held. The caller
-/// finishes the file.
-pub fn run(
-    writer: TraceWriter,
-    mut rx: Receiver<SinkMsg>,
-    stats: Arc<SinkStats>,
-) -> Result<SinkOutput, TraceError> {
+/// finishes the file. A write that fails ends the sink at once (the recorder sees the channel
+/// close) and is reported in the output.
+pub fn run(writer: TraceWriter, mut rx: Receiver<SinkMsg>, stats: Arc<SinkStats>) -> SinkOutput {
     let mut sink = Sink {
         writer,
         pending: Vec::with_capacity(2 * CHUNK_BYTES),
@@ -84,35 +87,40 @@ pub fn run(
         last_chunk: Instant::now(),
         last_drops: None,
         events: 0,
+        last_written_ns: 0,
         stats,
     };
     sink.known_tids.insert(0); // the idle task, named by CPU, never looked up
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            SinkMsg::Records(buf) => {
-                sink.take_records(&buf);
-                if sink.pending.len() >= CHUNK_BYTES || sink.last_chunk.elapsed() >= CHUNK_INTERVAL {
-                    sink.flush(false)?;
-                }
-            }
-            SinkMsg::Tasks(t) => {
-                sink.known_tids.extend(t.iter().map(|e| e.tid));
-                sink.tasks.extend(t);
-            }
-            SinkMsg::Probes { added, skipped } => sink.writer.write_probes(&added, &skipped)?,
-            SinkMsg::Drops(d) => {
-                if sink.last_drops.as_ref() != Some(&d) {
-                    sink.writer.write_drops(&d)?;
-                    sink.last_drops = Some(d);
-                }
-            }
-        }
-    }
-    sink.flush(true)?;
-    Ok(SinkOutput { events: sink.events, writer: sink.writer })
+    let failure = sink.serve(&mut rx).err();
+    SinkOutput { events: sink.events, last_written_ns: sink.last_written_ns, writer: sink.writer, failure }
 }
 
 impl Sink {
+    fn serve(&mut self, rx: &mut Receiver<SinkMsg>) -> Result<(), TraceError> {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                SinkMsg::Records(buf) => {
+                    self.take_records(&buf);
+                    if self.pending.len() >= CHUNK_BYTES || self.last_chunk.elapsed() >= CHUNK_INTERVAL {
+                        self.flush(false)?;
+                    }
+                }
+                SinkMsg::Tasks(t) => {
+                    self.known_tids.extend(t.iter().map(|e| e.tid));
+                    self.tasks.extend(t);
+                }
+                SinkMsg::Probes { added, skipped } => self.writer.write_probes(&added, &skipped)?,
+                SinkMsg::Drops(d) => {
+                    if self.last_drops.as_ref() != Some(&d) {
+                        self.writer.write_drops(&d)?;
+                        self.last_drops = Some(d);
+                    }
+                }
+            }
+        }
+        self.flush(true)
+    }
+
     fn take_records(&mut self, buf: &[u8]) {
         let mut rest = buf;
         while let Ok(decoded) = decode(rest) {
@@ -183,6 +191,7 @@ impl Sink {
             }
             self.writer.write_events(&chunk)?;
             self.events += cut as u64;
+            self.last_written_ns = self.last_written_ns.max(self.index[cut - 1].0);
             let mut kept = Vec::with_capacity(self.pending.capacity());
             let mut kept_index = Vec::with_capacity(self.index.len() - cut);
             for &(ts, off, size) in &self.index[cut..] {

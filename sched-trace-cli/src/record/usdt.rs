@@ -61,8 +61,18 @@ pub struct ArgSpec {
 /// Reads every SDT probe of the ELF file at `path`.
 pub fn read_probes(path: &Path) -> Result<Vec<UsdtProbe>, UsdtError> {
     let data = std::fs::read(path).map_err(|source| UsdtError::Io { path: path.to_path_buf(), source })?;
-    let elf_err = |what: String| UsdtError::Elf { path: path.to_path_buf(), what };
-    let file = ElfFile64::<Endianness>::parse(&*data).map_err(|e| elf_err(e.to_string()))?;
+    probes_in(&data).map_err(|what| UsdtError::Elf { path: path.to_path_buf(), what })
+}
+
+/// Every SDT probe of the ELF image `data`, or why it has none that can be read.
+pub fn probes_in(data: &[u8]) -> Result<Vec<UsdtProbe>, String> {
+    if data.starts_with(b"#!") {
+        return Err("it is a script; the probes of the programs it runs are read when they start".into());
+    }
+    if data.starts_with(b"\x7fELF") && data.get(4) == Some(&1) {
+        return Err("it is a 32-bit ELF file; only 64-bit x86 executables are read".into());
+    }
+    let file = ElfFile64::<Endianness>::parse(data).map_err(|e| format!("not a 64-bit ELF file ({e})"))?;
     let endian = file.endian();
     let base_section = file.section_by_name(".stapsdt.base").map(|s| s.address());
     let mut probes = Vec::new();
@@ -70,26 +80,22 @@ pub fn read_probes(path: &Path) -> Result<Vec<UsdtProbe>, UsdtError> {
         if section.sh_type(endian) != SHT_NOTE {
             continue;
         }
-        let Some(notes) = section.notes(endian, &*data).map_err(|e| elf_err(e.to_string()))? else {
+        let Some(mut notes) = section.notes(endian, data).map_err(|e| e.to_string())? else {
             continue;
         };
-        let mut notes = notes;
-        while let Some(note) = notes.next().map_err(|e| elf_err(e.to_string()))? {
+        while let Some(note) = notes.next().map_err(|e| e.to_string())? {
             if note.name() != b"stapsdt" || note.n_type(endian) != NT_STAPSDT {
                 continue;
             }
             let Some(mut p) = parse_note(note.desc(), endian) else {
-                return Err(elf_err("a .note.stapsdt entry is malformed".into()));
+                return Err("a .note.stapsdt entry is malformed".into());
             };
             if let (Some(actual), Some(linked)) = (base_section, p.1) {
                 p.0.address = p.0.address.wrapping_add(actual.wrapping_sub(linked));
             }
             let mut probe = p.0;
             probe.file_offset = file_offset(&file, probe.address).ok_or_else(|| {
-                elf_err(format!(
-                    "probe {}:{} at {:#x} is in no section",
-                    probe.provider, probe.name, probe.address
-                ))
+                format!("probe {}:{} at {:#x} is in no section", probe.provider, probe.name, probe.address)
             })?;
             probes.push(probe);
         }
@@ -116,7 +122,8 @@ fn file_offset(file: &ElfFile64<Endianness>, address: u64) -> Option<u64> {
     file.sections().find_map(|s| {
         let (start, size) = (s.address(), s.size());
         let (offset, _) = s.file_range()?;
-        (address >= start && address < start + size).then(|| offset + (address - start))
+        let inside = address >= start && address - start < size;
+        if inside { offset.checked_add(address - start) } else { None }
     })
 }
 

@@ -58,11 +58,17 @@ pub struct TraceSummary {
     pub started_at: String,
     pub duration_ns: u64,
     pub events: u64,
+    /// The recorder closed the file (an end marker), with or without a write failure.
     pub closed_cleanly: bool,
     pub stop_reason: Option<String>,
+    /// Writing the trace failed (a full disk): nothing after `last_written_ns` was recorded.
+    pub write_failure: Option<crate::trace::WriteFailure>,
     pub truncated: Option<TruncationReport>,
-    /// Events that arrived after later ones beyond the reader's reorder window.
-    pub late_events: u64,
+    /// What could not be placed as the file had it (see [`crate::correlate::Unplaced`]).
+    pub unplaced: crate::correlate::Unplaced,
+    /// Switch-ins of threads the trace had running already: their switch-out was not reported
+    /// (like the missed switch-ins, a task hidden from tracing, or a loss).
+    pub missed_switch_outs: u64,
     /// Records and chunks of kinds this version does not know, skipped.
     pub unknown_records: u64,
     pub unknown_chunks: u64,
@@ -88,6 +94,10 @@ pub struct LostEvents {
     /// False when the trace holds no drop counters (cut off before the first snapshot): the
     /// loss is then unknown, not zero.
     pub counted: bool,
+    /// When the recording did not end cleanly (killed, crashed, or writing failed), events
+    /// after this many ns into the trace were not recorded at all, and the counts above are
+    /// only those of the time before.
+    pub missing_after_ns: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -120,7 +130,7 @@ impl Durations {
             p50_ns: percentile(&values, 50.0),
             p99_ns: percentile(&values, 99.0),
             max_ns: values.last().copied().unwrap_or(0),
-            total_ns: values.iter().fold(0u64, |a, v| a.saturating_add(*v)),
+            total_ns: sum(values.iter().copied()),
         }
     }
 }
@@ -173,6 +183,7 @@ pub struct ThreadReport {
     /// Switch-ins from a sleep whose wake-up the kernel did not report.
     pub missed_wakeups: u64,
     pub missed_switch_ins: u64,
+    pub missed_switch_outs: u64,
     /// Time not attributed to any state because a switch-in was missing.
     pub unaccounted_ns: u64,
 }
@@ -232,6 +243,7 @@ impl Report {
                     inferred_migrations: t.inferred_migrations,
                     missed_wakeups: t.missed_wakeups,
                     missed_switch_ins: t.missed_switch_ins,
+                    missed_switch_outs: t.missed_switch_outs,
                     unaccounted_ns: t.unaccounted_ns,
                 }
             })
@@ -261,7 +273,7 @@ impl Report {
                     pid,
                     comm,
                     threads: ts.len() as u32,
-                    on_cpu_ns: ts.iter().map(|t| t.on_cpu_ns).sum(),
+                    on_cpu_ns: sum(ts.iter().map(|t| t.on_cpu_ns)),
                     off_cpu: off_cpu(&ts),
                     runqueue_latency: latency(&ts),
                     switches: Switches {
@@ -281,6 +293,10 @@ impl Report {
             by_kind: drops.lost_by_kind().into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
             filter_table_full: drops.filter_table_full(),
             counted: c.tables.drops.is_some(),
+            missing_after_ns: match &c.tables.end {
+                Some(end) => end.write_failure.as_ref().map(|f| f.last_written_ns.saturating_sub(c.first_ts)),
+                None => Some(c.last_ts.saturating_sub(c.first_ts)),
+            },
         };
         let info = &c.info;
         let wall_ns = c.first_ts as i64 + info.realtime_offset_ns;
@@ -302,16 +318,18 @@ impl Report {
             events: c.tables.events,
             closed_cleanly: c.tables.end.is_some(),
             stop_reason: c.tables.end.as_ref().map(|e| e.stop_reason.clone()),
+            write_failure: c.tables.end.as_ref().and_then(|e| e.write_failure.clone()),
             truncated: c
                 .tables
                 .truncation
                 .as_ref()
                 .map(|t| TruncationReport { offset: t.offset, discarded_bytes: t.discarded_bytes }),
-            late_events: c.tables.late_events,
+            unplaced: c.unplaced(),
+            missed_switch_outs: c.threads.iter().map(|t| t.missed_switch_outs).sum(),
             unknown_records: c.tables.unknown_records,
             unknown_chunks: c.tables.unknown_chunks,
             missed_switch_ins: c.threads.iter().map(|t| t.missed_switch_ins).sum(),
-            unaccounted_ns: c.threads.iter().map(|t| t.unaccounted_ns).sum(),
+            unaccounted_ns: sum(c.threads.iter().map(|t| t.unaccounted_ns)),
         };
         let user_probes = info
             .user_probes
@@ -338,14 +356,14 @@ impl Report {
 }
 
 fn off_cpu(ts: &[&ThreadStats]) -> OffCpuReport {
-    let mut o = OffCpuReport::default();
-    for t in ts {
-        o.runqueue_ns += t.runqueue_ns;
-        o.sleeping_ns += t.sleeping_ns;
-        o.epoll_ns += t.epoll_ns;
-        o.other_ns += t.blocked_ns;
-    }
-    o.total_ns = o.runqueue_ns + o.sleeping_ns + o.epoll_ns + o.other_ns;
+    let mut o = OffCpuReport {
+        runqueue_ns: sum(ts.iter().map(|t| t.runqueue_ns)),
+        sleeping_ns: sum(ts.iter().map(|t| t.sleeping_ns)),
+        epoll_ns: sum(ts.iter().map(|t| t.epoll_ns)),
+        other_ns: sum(ts.iter().map(|t| t.blocked_ns)),
+        total_ns: 0,
+    };
+    o.total_ns = sum([o.runqueue_ns, o.sleeping_ns, o.epoll_ns, o.other_ns]);
     o
 }
 
@@ -356,7 +374,7 @@ fn latency(ts: &[&ThreadStats]) -> Latency {
     }
     all.sort_unstable();
     let count = all.len() as u64;
-    let total = all.iter().fold(0u64, |a, v| a.saturating_add(*v));
+    let total = sum(all.iter().copied());
     let from_wakeup: u64 = ts.iter().map(|t| t.latencies_from_wakeup).sum();
     Latency {
         count,
@@ -368,6 +386,12 @@ fn latency(ts: &[&ThreadStats]) -> Latency {
         max_ns: *all.last().unwrap_or(&0),
         total_ns: total,
     }
+}
+
+/// A sum of durations that stops at the largest one a u64 holds (a trace that contradicts
+/// itself can have threads overlap on one CPU, or tasks on one thread).
+pub fn sum(durations: impl IntoIterator<Item = u64>) -> u64 {
+    durations.into_iter().fold(0u64, u64::saturating_add)
 }
 
 /// Nearest-rank percentile of sorted values.

@@ -41,24 +41,25 @@ impl TaskCosts {
     }
 
     fn add(&mut self, t: &TaskStats) {
-        self.running_ns += t.running_ns();
-        self.on_cpu_ns += t.on_cpu_ns;
-        self.cfs_stolen_ns += t.cfs_stolen_ns;
-        self.kernel_blocked_ns += t.kernel_blocked_ns;
-        self.blocking_call_ns += t.blocking_call_ns;
-        self.unaccounted_ns += t.unaccounted_ns;
-        self.queue_ns += t.queue_ns;
+        let add = |total: &mut u64, ns: u64| *total = total.saturating_add(ns);
+        add(&mut self.running_ns, t.running_ns());
+        add(&mut self.on_cpu_ns, t.on_cpu_ns);
+        add(&mut self.cfs_stolen_ns, t.cfs_stolen_ns);
+        add(&mut self.kernel_blocked_ns, t.kernel_blocked_ns);
+        add(&mut self.blocking_call_ns, t.blocking_call_ns);
+        add(&mut self.unaccounted_ns, t.unaccounted_ns);
+        add(&mut self.queue_ns, t.queue_ns);
         for (reason, ns) in &t.parked_ns {
             if *reason == ParkReason::Netpoll {
-                self.netpoll_ns += ns;
+                add(&mut self.netpoll_ns, *ns);
             }
-            *self.parked_ns.entry(*reason).or_default() += ns;
+            add(self.parked_ns.entry(*reason).or_default(), *ns);
         }
     }
 
     /// Parked for any reason but the netpoller.
     pub fn other_park_ns(&self) -> u64 {
-        self.parked_ns.iter().filter(|(r, _)| **r != ParkReason::Netpoll).map(|(_, ns)| ns).sum()
+        super::sum(self.parked_ns.iter().filter(|(r, _)| **r != ParkReason::Netpoll).map(|(_, ns)| *ns))
     }
 }
 

@@ -317,18 +317,36 @@ fn header(out: &mut String, r: &Report) {
             );
         }
     }
+    if let Some(f) = &t.write_failure {
+        let _ = writeln!(
+            out,
+            "  WARNING:   {} events the recorder received after the failed write could not be written",
+            count(f.unwritten_events)
+        );
+    }
     let l = &r.lost;
+    let missing = l
+        .missing_after_ns
+        .map(|ns| format!("; every event after {} into the trace was not recorded", duration_ns(ns)));
     if !l.counted {
         let _ = writeln!(out, "  lost:      UNKNOWN: the trace ends before the first loss count was written");
     } else if l.total == 0 && l.filter_table_full == 0 {
-        let _ = writeln!(out, "  lost:      0 events");
+        match &missing {
+            None => {
+                let _ = writeln!(out, "  lost:      0 events");
+            }
+            Some(m) => {
+                let _ = writeln!(out, "  LOST:      0 events counted until the recording stopped{m}");
+            }
+        }
     } else {
         let kinds: Vec<String> = l.by_kind.iter().map(|(k, n)| format!("{k} {}", count(*n))).collect();
         let _ = writeln!(
             out,
-            "  LOST:      {} events ({}): the numbers below undercount",
+            "  LOST:      {} events ({}){}: the numbers below undercount",
             count(l.total),
-            kinds.join(", ")
+            kinds.join(", "),
+            missing.unwrap_or_default()
         );
         if l.filter_table_full > 0 {
             let _ = writeln!(
@@ -338,22 +356,29 @@ fn header(out: &mut String, r: &Report) {
             );
         }
     }
-    if t.missed_switch_ins > 0 {
+    if t.missed_switch_ins > 0 || t.missed_switch_outs > 0 {
         let _ = writeln!(
             out,
-            "  note:      {} switch-ins were not reported by the kernel (tasks hidden from tracing \
-             ran before them, or events were lost); {} around them is not attributed",
+            "  note:      {} switch-ins and {} switch-outs were not reported by the kernel (tasks hidden \
+             from tracing ran next to them, or events were lost); {} around them is not attributed",
             count(t.missed_switch_ins),
+            count(t.missed_switch_outs),
             duration_ns(t.unaccounted_ns)
         );
     }
-    if t.late_events > 0 || t.unknown_records > 0 || t.unknown_chunks > 0 {
+    if t.unknown_records > 0 || t.unknown_chunks > 0 {
         let _ = writeln!(
             out,
-            "  note:      {} late events, {} records and {} chunks of unknown kinds skipped",
-            count(t.late_events),
+            "  note:      {} records and {} chunks of kinds this version does not know were skipped",
             count(t.unknown_records),
             count(t.unknown_chunks)
+        );
+    }
+    if t.unplaced.total() > 0 {
+        let _ = writeln!(
+            out,
+            "  INCONSISTENT: {}; the numbers around them are approximate",
+            t.unplaced.describe().join(", ")
         );
     }
 }

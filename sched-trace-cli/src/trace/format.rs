@@ -154,6 +154,21 @@ pub struct EndInfo {
     pub events: u64,
     /// Why the recording stopped, in words.
     pub stop_reason: String,
+    /// Set when writing the trace failed (a full disk): what is missing from the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_failure: Option<WriteFailure>,
+}
+
+/// A recording whose writing failed: nothing after `last_written_ns` is in the file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WriteFailure {
+    /// The write error, in words.
+    pub error: String,
+    /// Timestamp of the last event the file holds.
+    pub last_written_ns: u64,
+    /// Events the recorder received from the kernel but could not write (the kernel kept
+    /// producing more until the recording stopped; those are not counted anywhere).
+    pub unwritten_events: u64,
 }
 
 /// Where a task-table entry came from.

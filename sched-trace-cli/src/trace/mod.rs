@@ -7,6 +7,7 @@ pub mod event;
 pub mod format;
 pub mod reader;
 pub mod synthetic;
+pub mod validate;
 pub mod writer;
 
 use std::{
@@ -18,14 +19,15 @@ use std::{
 use sched_trace_abi::{drop_slot, kind};
 
 pub use event::{Comm, Event, EventKind};
-pub use format::{EndInfo, TaskEntry, TaskSource, TraceInfo, TraceTarget, UserProbe};
-pub use reader::{TraceReader, TraceTables, Truncation};
+pub use format::{EndInfo, TaskEntry, TaskSource, TraceInfo, TraceTarget, UserProbe, WriteFailure};
+pub use reader::{RawChunk, TraceReader, TraceTables, Truncation};
 pub use writer::TraceWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// Its message includes the OS error's (which is therefore not also its `source`).
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{path} is not a sched-trace file (no SCHDTRCE magic at offset 0)")]
     NotATrace { path: PathBuf },
     #[error(
@@ -40,13 +42,13 @@ pub enum TraceError {
 
 impl TraceError {
     pub(crate) fn io(path: &Path, source: io::Error) -> Self {
-        TraceError::Io { path: path.to_path_buf(), source }
+        TraceError::Io { path: path.to_path_buf(), error: source }
     }
 
     /// The I/O error behind this one, if any (to tell a full disk from a bad file).
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
-            TraceError::Io { source, .. } => Some(source),
+            TraceError::Io { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -74,7 +76,7 @@ impl DropCounters {
         let mut out = vec![0u64; slots];
         for cpu in &self.per_cpu {
             for (o, c) in out.iter_mut().zip(cpu) {
-                *o += c;
+                *o = o.saturating_add(*c);
             }
         }
         out
@@ -82,7 +84,8 @@ impl DropCounters {
 
     /// Records lost because the ring buffer was full, plus those the recorder could not keep.
     pub fn lost_records(&self) -> u64 {
-        self.by_slot().iter().skip(1).sum::<u64>() + self.malformed + self.unreceived
+        let by_slot = self.by_slot();
+        by_slot.iter().skip(1).chain([&self.malformed, &self.unreceived]).fold(0, |a, n| a.saturating_add(*n))
     }
 
     /// Child processes that could not be followed because the kernel filter table was full.

@@ -20,6 +20,14 @@ use super::{
     },
 };
 
+/// Most CPUs a drop-counter snapshot may hold (a record's CPU is 16 bits)...
+const MAX_DROP_CPUS: usize = 1 << 16;
+/// ...and most counters per CPU (one per record kind at most).
+const MAX_DROP_SLOTS: usize = 256;
+/// lz4 cannot expand a block by more than this factor (a match of 255 + a few bytes costs one
+/// byte at best): a chunk claiming more is refused before its buffer is allocated.
+const LZ4_MAX_RATIO: u64 = 255;
+
 /// Events may reach the file slightly out of timestamp order (records from different CPUs);
 /// the reader re-sorts within this window before handing them out.
 const REORDER_WINDOW_NS: u64 = 50_000_000;
@@ -47,21 +55,27 @@ pub struct TraceTables {
     pub unknown_chunks: u64,
     /// Records of kinds this reader does not know, skipped.
     pub unknown_records: u64,
-    /// Events that arrived later than the reorder window allows and were handed out late.
-    pub late_events: u64,
     /// User-level probe records whose thread was rescheduled between hitting the probe and the
     /// probe program running, moved back to the moment the thread was switched out.
     pub backdated_probes: u64,
     /// Events handed out.
     pub events: u64,
+    /// Events that did not fit the recording (impossible CPUs or ids: dropped; back in time:
+    /// handed out later), see [`super::validate`].
+    pub rejected: super::validate::Rejected,
     /// Timestamp of the last event.
     pub last_ts: u64,
 }
 
-struct RawChunk {
-    kind: u8,
-    offset: u64,
-    payload: Vec<u8>,
+/// One whole chunk as the file has it, its payload decoded (decompressed, records rebuilt from
+/// columns): for tools that look at or rewrite a trace's structure, see
+/// [`TraceReader::next_raw_chunk`].
+#[derive(Clone, Debug)]
+pub struct RawChunk {
+    pub kind: u8,
+    /// Byte offset of the chunk in the file.
+    pub offset: u64,
+    pub payload: Vec<u8>,
 }
 
 /// A trace file opened for reading.
@@ -83,6 +97,9 @@ pub struct TraceReader<R = BufReader<File>> {
     switched_out_at: rustc_hash::FxHashMap<u32, (u64, u64)>,
     /// Chunk buffers to reuse (a fresh megabyte per chunk costs page faults).
     spare: Vec<Vec<u8>>,
+    /// Where each user-level probe is in `info.user_probes`, by its index.
+    probe_slots: rustc_hash::FxHashMap<u32, usize>,
+    limits: super::validate::EventLimits,
 }
 
 impl TraceReader {
@@ -148,7 +165,11 @@ impl<R: Read> TraceReader<R> {
                 supported: sched_trace_abi::ABI_VERSION,
             });
         }
+        let probe_slots = info.user_probes.iter().enumerate().map(|(slot, p)| (p.index, slot)).collect();
+        let limits = super::validate::EventLimits::new(info.possible_cpus);
         Ok(TraceReader {
+            probe_slots,
+            limits,
             src,
             path: path.to_path_buf(),
             offset: (FILE_HEADER_LEN + body.len()) as u64,
@@ -172,7 +193,12 @@ impl<R: Read> TraceReader<R> {
 
     /// User-level probe `index`, if the table read so far has it.
     pub fn user_probe(&self, index: u32) -> Option<&super::UserProbe> {
-        self.info.user_probes.iter().find(|p| p.index == index)
+        self.probe_slots.get(&index).and_then(|&slot| self.info.user_probes.get(slot))
+    }
+
+    /// How many CPUs events may name (per-CPU tables need no more entries).
+    pub fn cpu_limit(&self) -> u32 {
+        self.limits.cpus()
     }
 
     pub fn path(&self) -> &Path {
@@ -195,8 +221,22 @@ impl<R: Read> TraceReader<R> {
         loop {
             if let Some(&e) = self.ready.get(self.ready_pos) {
                 self.ready_pos += 1;
+                let mut e = e;
+                match self.limits.check(&e) {
+                    Ok(()) => {}
+                    Err(super::validate::Unfit::Cpu) => {
+                        self.tables.rejected.bad_cpu += 1;
+                        continue;
+                    }
+                    Err(super::validate::Unfit::Id) => {
+                        self.tables.rejected.bad_id += 1;
+                        continue;
+                    }
+                }
                 if e.ts < self.last_emitted {
-                    self.tables.late_events += 1;
+                    // Time never runs backwards after the reader (see `validate`).
+                    self.tables.rejected.backwards_time += 1;
+                    e.ts = self.last_emitted;
                 } else {
                     self.last_emitted = e.ts;
                 }
@@ -218,6 +258,12 @@ impl<R: Read> TraceReader<R> {
                 Some(chunk) => self.take_chunk(chunk)?,
             }
         }
+    }
+
+    /// The next whole chunk, undigested (`None` at the end of the file; a partial chunk is noted
+    /// in the tables). Use either this or [`Self::next_event`] on one reader, not both.
+    pub fn next_raw_chunk(&mut self) -> Result<Option<RawChunk>, TraceError> {
+        self.next_chunk()
     }
 
     /// An empty buffer, from the spares if there is one.
@@ -242,7 +288,11 @@ impl<R: Read> TraceReader<R> {
                 let chunk: ProbesChunk = serde_json::from_slice(&chunk.payload).map_err(|e| {
                     self.corrupt(chunk.offset, format!("the probe table does not parse: {e}"))
                 })?;
-                self.info.user_probes.extend(chunk.added);
+                for p in chunk.added {
+                    // A later entry for an index replaces an earlier one.
+                    self.probe_slots.insert(p.index, self.info.user_probes.len());
+                    self.info.user_probes.push(p);
+                }
                 self.info.skipped_user_probes.extend(chunk.skipped);
             }
             Some(ChunkKind::End) => {
@@ -309,10 +359,10 @@ impl<R: Read> TraceReader<R> {
             EventKind::UserTask { ip, .. } => {
                 if let Some((ts, out_ip)) = self.switched_out_at.remove(&e.tid)
                     && *ip != 0
-                    && (out_ip == *ip + 1 || out_ip == *ip)
+                    && (out_ip == ip.wrapping_add(1) || out_ip == *ip)
                     && ts < e.ts
                 {
-                    e.ts = ts - 1; // just before the switch-out
+                    e.ts = ts.saturating_sub(1); // just before the switch-out
                     self.tables.backdated_probes += 1;
                 }
             }
@@ -346,6 +396,13 @@ impl<R: Read> TraceReader<R> {
         }
         let cpus = p.get_u32_le() as usize;
         let slots = p.get_u32_le() as usize;
+        // Checked before the sizes are multiplied out: zero slots would let any CPU count pass.
+        if cpus > MAX_DROP_CPUS || !(1..=MAX_DROP_SLOTS).contains(&slots) {
+            return Err(self.corrupt(
+                chunk.offset,
+                format!("drop counters claim {cpus} CPUs × {slots} slots; at most {MAX_DROP_CPUS} × {MAX_DROP_SLOTS}"),
+            ));
+        }
         let expected = cpus.checked_mul(slots).and_then(|n| n.checked_mul(8)).and_then(|n| n.checked_add(16));
         if expected != Some(p.len()) {
             return Err(self.corrupt(
@@ -389,6 +446,14 @@ impl<R: Read> TraceReader<R> {
                 start,
                 format!(
                     "chunk claims {stored_len} stored / {raw_len} raw bytes; the limit is {MAX_CHUNK_LEN}"
+                ),
+            ));
+        }
+        if flags & CHUNK_COMPRESSED != 0 && raw_len as u64 > stored_len as u64 * LZ4_MAX_RATIO + 64 {
+            return Err(self.corrupt(
+                start,
+                format!(
+                    "chunk claims {stored_len} compressed bytes decompress to {raw_len}, more than lz4 can"
                 ),
             ));
         }

@@ -156,3 +156,16 @@ pub fn user_task(ts: u64, cpu: u16, task: (u32, u32), probe: u32, args: &[u64]) 
         ip: 0,
     })
 }
+
+/// An entry of a trace's probe table: the reference runtime's USDT probe `name` (`refrt`
+/// provider), carried by records with probe index `index`.
+pub fn refrt_probe(index: u32, name: &str) -> super::UserProbe {
+    super::UserProbe {
+        index,
+        binary: "/bin/refrt".into(),
+        provider: "refrt".into(),
+        name: name.into(),
+        file_offset: 0x1000 + index as u64,
+        args: String::new(),
+    }
+}

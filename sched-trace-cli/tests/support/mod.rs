@@ -94,6 +94,7 @@ pub fn loaded_sched_trace_programs() -> Vec<String> {
         "task_rename",
         "sys_enter_epoll",
         "sys_exit_epoll_",
+        "usdt",
     ];
     progs
         .as_array()
