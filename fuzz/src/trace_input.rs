@@ -7,10 +7,11 @@
 use std::{io::Cursor, mem::offset_of, path::Path};
 
 use sched_trace::{
-    correlate, export,
-    report::{self, Report, ReportFilter},
+    correlate::{self, Metric},
+    export, heatmap,
+    report::{self, Filter, Report},
     trace::{
-        TraceReader, columnar,
+        self, TraceReader, columnar,
         format::{CHUNK_COLUMNAR, ChunkKind},
         synthetic as syn,
         writer::{encode_chunk, frame_header},
@@ -56,9 +57,9 @@ pub fn analyse(input: &[u8]) -> Outcome {
     serde_json::to_vec(&report).expect("the report encodes as JSON");
     // The filters, on ids the trace has.
     let filters = [
-        ReportFilter { pid: correlation.threads.first().map(|t| t.pid), ..Default::default() },
-        ReportFilter { tid: correlation.threads.last().map(|t| t.tid), ..Default::default() },
-        ReportFilter {
+        Filter { pid: correlation.threads.first().map(|t| t.pid), ..Default::default() },
+        Filter { tid: correlation.threads.last().map(|t| t.tid), ..Default::default() },
+        Filter {
             task: correlation.tasks.first().map(|t| t.task),
             pid: correlation.tasks.first().map(|t| t.pid),
             ..Default::default()
@@ -77,6 +78,27 @@ pub fn analyse(input: &[u8]) -> Outcome {
     export::perfetto::write_to(&tracks, &mut out).expect("the Perfetto export encodes");
     out.clear();
     export::chrome::write_to(&tracks, &mut out).expect("the Chrome JSON export encodes");
+    // Heat maps: every metric once in a while, drawn in every format, whole and per group.
+    let mut cursor = Cursor::new(input);
+    if let Ok(pre) = trace::prescan_of(&mut cursor, path, input.len() as u64) {
+        let which = input.len() % Metric::COUNT;
+        for (i, metric) in [Metric::ALL[which], Metric::Runq].into_iter().enumerate() {
+            let mut spec = heatmap::Spec::new(metric);
+            if i == 0 {
+                spec.per = Some((heatmap::Per::Thread, 3));
+                spec.filter.to_s = Some(0.05);
+            }
+            if let Ok(h) = open()
+                .map_err(heatmap::HeatmapError::from)
+                .and_then(|r| heatmap::build_from(r, path, &spec, &pre))
+            {
+                let _ = heatmap::svg::render(&h);
+                let _ = heatmap::html::render(&h);
+                let _ = heatmap::term::render(&h, 100, heatmap::term::Colours::Plain);
+                let _ = heatmap::json::to_value(&h);
+            }
+        }
+    }
     // What `dump` prints.
     if let Ok(mut r) = open() {
         while let Ok(Some(e)) = r.next_event() {

@@ -5,10 +5,13 @@
 //! - [`trace`]: the trace file format, its writer and its reader;
 //! - [`correlate`]: per-thread (and per-task) timelines rebuilt from a trace;
 //! - [`report`]: numbers per thread, process, user task and CPU, as text or JSON;
+//! - [`heatmap`]: latency heat maps (time × latency × count) as SVG, HTML, terminal or JSON;
 //! - [`export`]: the correlated timelines as tracks for Perfetto or the Chrome trace viewer.
 
 pub mod correlate;
 pub mod export;
+pub mod filter;
+pub mod heatmap;
 pub mod record;
 pub mod report;
 pub mod trace;

@@ -11,9 +11,12 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sched_trace::{
-    correlate, export,
+    correlate::{self, Metric},
+    export,
+    filter::Filter,
+    heatmap,
     record::{self, RecordOptions},
-    report::{self, Report, ReportFilter},
+    report::{self, Report},
     trace::TraceReader,
     units,
 };
@@ -72,15 +75,8 @@ enum Command {
         /// Rows per table in the text report.
         #[arg(long, default_value_t = 30)]
         limit: usize,
-        /// Only this process: its threads and its user-level tasks.
-        #[arg(long)]
-        pid: Option<u32>,
-        /// Only this thread, and the user-level tasks that ran on it.
-        #[arg(long)]
-        tid: Option<u32>,
-        /// Only the user-level task with this id (with --pid when several processes have one).
-        #[arg(long = "task", value_name = "ID")]
-        task: Option<u64>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Write the correlated timelines for a trace viewer: a track per thread, per CPU and per
     /// user-level task (Perfetto's protobuf format for ui.perfetto.dev, or Chrome JSON).
@@ -93,6 +89,48 @@ enum Command {
         /// File to write.
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Draw a latency heat map: time across, latency up (log scale), colour for how many events
+    /// fell in each cell.
+    Heatmap {
+        /// The trace file.
+        file: PathBuf,
+        /// What to draw.
+        #[arg(long, value_enum, default_value = "runq")]
+        metric: MetricArg,
+        /// File to write (its extension picks the format: .svg, .html, .json); the terminal
+        /// when not given.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Output format (by default from the file's extension, or `term` without a file).
+        #[arg(long, value_enum)]
+        format: Option<HeatmapFormat>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Small multiples: one map per CPU, thread, process or user task (the --top with the
+        /// most events), on one colour scale.
+        #[arg(long, value_enum)]
+        per: Option<PerArg>,
+        /// How many small multiples --per draws.
+        #[arg(long, default_value_t = 6)]
+        top: usize,
+        /// Rows per power of two of latency.
+        #[arg(long, default_value_t = heatmap::DEFAULT_SUB_BUCKETS)]
+        sub_buckets: u32,
+        /// Column width (e.g. 10ms, 1s); by default about 240 columns of a round width.
+        #[arg(long, value_parser = units::parse_latency, conflicts_with = "columns")]
+        column_width: Option<u64>,
+        /// Number of columns.
+        #[arg(long)]
+        columns: Option<usize>,
+        /// Latencies shown, e.g. 10us..1s (by default every row that has events).
+        #[arg(long, value_parser = units::parse_latency_range)]
+        latency_range: Option<(u64, u64)>,
+        /// Draw where this trace's distribution differs from OTHER's, on one scale.
+        #[arg(long, value_name = "OTHER", conflicts_with = "per")]
+        diff: Option<PathBuf>,
     },
     /// Record a demo workload and write its trace and report into a directory.
     Demo {
@@ -113,6 +151,108 @@ enum Command {
         #[arg(long)]
         tid: Option<u32>,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum MetricArg {
+    /// Run-queue latency: woken or preempted → running.
+    Runq,
+    /// Off-CPU time: switch-out → switch-in.
+    Offcpu,
+    /// Interruptible sleeps outside epoll.
+    Sleep,
+    /// Epoll waits.
+    Epoll,
+    /// Uninterruptible blocks.
+    Blocked,
+    /// User tasks waiting in the runtime's queues (needs runtime probes).
+    TaskQueue,
+    /// User tasks parked in the netpoller (needs runtime probes).
+    Netpoll,
+    /// CFS-stolen time per run of a user task (needs runtime probes).
+    CfsStolen,
+}
+
+impl MetricArg {
+    fn metric(self) -> Metric {
+        match self {
+            MetricArg::Runq => Metric::Runq,
+            MetricArg::Offcpu => Metric::Offcpu,
+            MetricArg::Sleep => Metric::Sleep,
+            MetricArg::Epoll => Metric::Epoll,
+            MetricArg::Blocked => Metric::Blocked,
+            MetricArg::TaskQueue => Metric::TaskQueue,
+            MetricArg::Netpoll => Metric::Netpoll,
+            MetricArg::CfsStolen => Metric::CfsStolen,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum HeatmapFormat {
+    Svg,
+    Html,
+    Term,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PerArg {
+    Cpu,
+    Thread,
+    Process,
+    Task,
+}
+
+/// The selection every analysis takes (see `sched_trace::filter`).
+#[derive(clap::Args, Clone, Debug, Default)]
+struct FilterArgs {
+    /// Only this process: its threads and its user-level tasks.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Only this thread, and the user-level tasks that ran on it.
+    #[arg(long)]
+    tid: Option<u32>,
+    /// Only the user-level task with this id (with --pid when several processes have one).
+    #[arg(long = "task", value_name = "ID")]
+    task: Option<u64>,
+    /// Only this CPU (what ran there and waited there).
+    #[arg(long)]
+    cpu: Option<u16>,
+    /// Only threads with this name, or the threads of processes with this name.
+    #[arg(long)]
+    comm: Option<String>,
+    /// From this many seconds after the start of the recording.
+    #[arg(long, value_name = "SECONDS")]
+    from: Option<f64>,
+    /// Up to this many seconds after the start of the recording.
+    #[arg(long, value_name = "SECONDS")]
+    to: Option<f64>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<Filter> {
+        for (name, v) in [("--from", self.from), ("--to", self.to)] {
+            if let Some(v) = v {
+                anyhow::ensure!(
+                    v.is_finite() && v >= 0.0,
+                    "{name} {v}: give seconds from the start of the recording"
+                );
+            }
+        }
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            anyhow::ensure!(from < to, "--from {from} is not before --to {to}");
+        }
+        Ok(Filter {
+            pid: self.pid,
+            tid: self.tid,
+            task: self.task,
+            cpu: self.cpu,
+            comm: self.comm,
+            from_s: self.from,
+            to_s: self.to,
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -137,11 +277,49 @@ fn main() -> ExitCode {
             };
             run_record(opts)
         }
-        Command::Report { file, json, limit, pid, tid, task } => {
-            run_report(&file, json, limit, &ReportFilter { pid, tid, task }).map(|()| 0)
+        Command::Report { file, json, limit, filter } => {
+            filter.filter().and_then(|f| run_report(&file, json, limit, &f)).map(|()| 0)
         }
         Command::Dump { file, tid } => run_dump(&file, tid).map(|()| 0),
-        Command::Export { file, format, output } => run_export(&file, format, &output).map(|()| 0),
+        Command::Export { file, format, output, filter } => {
+            filter.filter().and_then(|f| run_export(&file, format, &output, &f)).map(|()| 0)
+        }
+        Command::Heatmap {
+            file,
+            metric,
+            output,
+            format,
+            filter,
+            per,
+            top,
+            sub_buckets,
+            column_width,
+            columns,
+            latency_range,
+            diff,
+        } => (|| {
+            let mut spec = heatmap::Spec::new(metric.metric());
+            spec.filter = filter.filter()?;
+            spec.per = per.map(|p| {
+                let per = match p {
+                    PerArg::Cpu => heatmap::Per::Cpu,
+                    PerArg::Thread => heatmap::Per::Thread,
+                    PerArg::Process => heatmap::Per::Process,
+                    PerArg::Task => heatmap::Per::Task,
+                };
+                (per, top)
+            });
+            anyhow::ensure!((1..=16).contains(&sub_buckets), "--sub-buckets {sub_buckets}: give 1 to 16");
+            anyhow::ensure!(
+                columns.is_none_or(|c| (1..=heatmap::grid::MAX_COLUMNS).contains(&c)),
+                "--columns: give 1 to {}",
+                heatmap::grid::MAX_COLUMNS
+            );
+            (spec.sub_buckets, spec.column_width_ns, spec.columns, spec.latency_range) =
+                (sub_buckets, column_width, columns, latency_range);
+            run_heatmap(&file, &spec, output.as_deref(), format, diff.as_deref())
+        })()
+        .map(|()| 0),
         Command::Demo { output, workload } => run_demo(&output, &workload),
     };
     match result {
@@ -200,11 +378,21 @@ enum ExportFormat {
     ChromeJson,
 }
 
-fn run_export(file: &Path, format: ExportFormat, output: &Path) -> Result<()> {
+/// Opens and correlates `file` for `filter`'s window.
+fn correlate_file(
+    file: &Path,
+    filter: &Filter,
+    mut opts: correlate::Options,
+) -> Result<correlate::Correlation> {
     let reader = TraceReader::open(file).with_context(|| format!("reading trace {}", file.display()))?;
-    let correlation = correlate::correlate_with_timelines(reader)
-        .with_context(|| format!("reading trace {}", file.display()))?;
-    let tracks = export::Tracks::build(&correlation);
+    opts.window = filter.window(reader.info().start_ns);
+    correlate::correlate_with(reader, opts).with_context(|| format!("reading trace {}", file.display()))
+}
+
+fn run_export(file: &Path, format: ExportFormat, output: &Path, filter: &Filter) -> Result<()> {
+    let correlation =
+        correlate_file(file, filter, correlate::Options { timelines: true, ..Default::default() })?;
+    let tracks = export::Tracks::build_filtered(&correlation, filter);
     let unplaced = correlation.unplaced();
     if unplaced.total() > 0 {
         eprintln!(
@@ -229,14 +417,12 @@ fn run_export(file: &Path, format: ExportFormat, output: &Path) -> Result<()> {
     Ok(())
 }
 
-fn load_report(file: &Path, filter: &ReportFilter) -> Result<Report> {
-    let reader = TraceReader::open(file).with_context(|| format!("reading trace {}", file.display()))?;
-    let correlation =
-        correlate::correlate(reader).with_context(|| format!("reading trace {}", file.display()))?;
+fn load_report(file: &Path, filter: &Filter) -> Result<Report> {
+    let correlation = correlate_file(file, filter, correlate::Options::default())?;
     Ok(Report::build_filtered(file, &correlation, filter))
 }
 
-fn run_report(file: &Path, json: bool, limit: usize, filter: &ReportFilter) -> Result<()> {
+fn run_report(file: &Path, json: bool, limit: usize, filter: &Filter) -> Result<()> {
     let report = load_report(file, filter)?;
     if let Some(id) = filter.task
         && report.tasks.is_none()
@@ -260,6 +446,78 @@ fn run_report(file: &Path, json: bool, limit: usize, filter: &ReportFilter) -> R
     };
     let written = written.and_then(|()| out.flush());
     written.or_else(|e| stdout_closed_or(e, "the report"))
+}
+
+fn heatmap_format(output: Option<&Path>, format: Option<HeatmapFormat>) -> Result<HeatmapFormat> {
+    if let Some(f) = format {
+        return Ok(f);
+    }
+    let Some(out) = output else { return Ok(HeatmapFormat::Term) };
+    match out.extension().and_then(|e| e.to_str()) {
+        Some("svg") => Ok(HeatmapFormat::Svg),
+        Some("html" | "htm") => Ok(HeatmapFormat::Html),
+        Some("json") => Ok(HeatmapFormat::Json),
+        _ => anyhow::bail!(
+            "cannot tell the format of {} from its name: give --format svg|html|json|term",
+            out.display()
+        ),
+    }
+}
+
+fn run_heatmap(
+    file: &Path,
+    spec: &heatmap::Spec,
+    output: Option<&Path>,
+    format: Option<HeatmapFormat>,
+    diff: Option<&Path>,
+) -> Result<()> {
+    let format = heatmap_format(output, format)?;
+    let body = match diff {
+        Some(other) => {
+            let d = heatmap::diff(file, other, spec)
+                .with_context(|| format!("drawing {} against {}", file.display(), other.display()))?;
+            match format {
+                HeatmapFormat::Svg => heatmap::svg::render_diff(&d).svg,
+                HeatmapFormat::Html => heatmap::html::render_diff(&d),
+                HeatmapFormat::Json => format!(
+                    "{:#}
+",
+                    heatmap::json::diff_to_value(&d)
+                ),
+                HeatmapFormat::Term => anyhow::bail!("--diff draws SVG, HTML or JSON: give -o FILE.svg"),
+            }
+        }
+        None => {
+            let h = heatmap::build(file, spec)
+                .with_context(|| format!("drawing a heat map of {}", file.display()))?;
+            match format {
+                HeatmapFormat::Svg => heatmap::svg::render(&h).svg,
+                HeatmapFormat::Html => heatmap::html::render(&h),
+                HeatmapFormat::Json => format!(
+                    "{:#}
+",
+                    heatmap::json::to_value(&h)
+                ),
+                HeatmapFormat::Term => heatmap::term::render(
+                    &h,
+                    heatmap::term::terminal_width(),
+                    heatmap::term::Colours::detect(),
+                ),
+            }
+        }
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("sched-trace: wrote {}", path.display());
+            Ok(())
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let written = out.write_all(body.as_bytes()).and_then(|()| out.flush());
+            written.or_else(|e| stdout_closed_or(e, "the heat map"))
+        }
+    }
 }
 
 /// The reference runtime's workloads (`refrt list`).
@@ -306,7 +564,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         usdt_binaries: Vec::new(),
         usdt: true,
     })?;
-    let report = load_report(&trace, &ReportFilter::default())?;
+    let report = load_report(&trace, &Filter::default())?;
     let text = report::text::render(&report, 30);
     let txt = dir.join("report.txt");
     std::fs::write(&txt, &text).with_context(|| format!("writing {}", txt.display()))?;
@@ -314,11 +572,34 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
     let body = serde_json::to_vec_pretty(&report).context("encoding the report")?;
     std::fs::write(&json, body).with_context(|| format!("writing {}", json.display()))?;
     print!("{text}");
+    // The heat maps that tell the workload's story: CFS's wait for every workload; for the
+    // reference runtime also the runtime's queues, the time CFS stole from running tasks, and
+    // the netpoller's parks; for plain threads their sleeps and epoll waits.
+    let metrics: &[Metric] = if workload == "threads" {
+        &[Metric::Runq, Metric::Sleep, Metric::Epoll]
+    } else {
+        &[Metric::Runq, Metric::TaskQueue, Metric::CfsStolen, Metric::Netpoll]
+    };
+    let mut maps = Vec::new();
+    for &metric in metrics {
+        let h = heatmap::build(&trace, &heatmap::Spec::new(metric))
+            .with_context(|| format!("drawing the {} heat map of {}", metric.name(), trace.display()))?;
+        if h.panels[0].grid.events == 0 {
+            eprintln!("sched-trace demo: no {} events in this run: no heat map of them", metric.name());
+            continue;
+        }
+        for (ext, body) in [("svg", heatmap::svg::render(&h).svg), ("html", heatmap::html::render(&h))] {
+            let path = dir.join(format!("heatmap-{}.{ext}", metric.name()));
+            std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+            maps.push(path.display().to_string());
+        }
+    }
     eprintln!(
-        "sched-trace demo: wrote {}, {}, {} and the workload's own log {}",
+        "sched-trace demo: wrote {}, {}, {}, the heat maps {} and the workload's own log {}",
         trace.display(),
         txt.display(),
         json.display(),
+        maps.join(", "),
         ground_truth.display()
     );
     Ok(code)

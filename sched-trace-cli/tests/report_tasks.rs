@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sched_trace::{
     correlate,
-    report::{self, Report, ReportFilter},
+    report::{self, Filter, Report},
     trace::{
         Comm, DropCounters, EndInfo, TraceInfo, TraceReader, TraceTarget, TraceWriter,
         format::{TaskEntry, TaskSource},
@@ -89,7 +89,7 @@ fn write(path: &Path) {
     .unwrap();
 }
 
-fn report(filter: ReportFilter) -> Report {
+fn report(filter: Filter) -> Report {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tasks.trace");
     write(&path);
@@ -99,7 +99,7 @@ fn report(filter: ReportFilter) -> Report {
 
 #[test]
 fn the_join_splits_a_tasks_life_by_what_cfs_and_the_runtime_did() {
-    let r = report(ReportFilter::default());
+    let r = report(Filter::default());
     let s = r.tasks.as_ref().expect("a task section");
     assert_eq!(s.tasks_total, 2);
     let t7 = s.tasks.iter().find(|t| t.task == 7).unwrap();
@@ -122,24 +122,24 @@ fn the_join_splits_a_tasks_life_by_what_cfs_and_the_runtime_did() {
 
 #[test]
 fn filters_select_tasks_threads_and_processes() {
-    let only7 = report(ReportFilter { task: Some(7), ..Default::default() });
+    let only7 = report(Filter { task: Some(7), ..Default::default() });
     let tasks: Vec<u64> = only7.tasks.as_ref().unwrap().tasks.iter().map(|t| t.task).collect();
     assert_eq!(tasks, vec![7]);
 
     // Tasks that ran on M0's thread: only 7; threads: only M0.
-    let on_m0 = report(ReportFilter { tid: Some(M0.0), ..Default::default() });
+    let on_m0 = report(Filter { tid: Some(M0.0), ..Default::default() });
     let tasks: Vec<u64> = on_m0.tasks.as_ref().unwrap().tasks.iter().map(|t| t.task).collect();
     assert_eq!(tasks, vec![7]);
     let threads: Vec<u32> = on_m0.threads.iter().map(|t| t.tid).collect();
     assert_eq!(threads, vec![M0.0]);
 
-    let other = report(ReportFilter { pid: Some(P + 1000), ..Default::default() });
+    let other = report(Filter { pid: Some(P + 1000), ..Default::default() });
     assert!(other.tasks.is_none() && other.threads.is_empty() && other.processes.is_empty());
 }
 
 #[test]
 fn text_report_with_tasks_matches_golden_file() {
-    let text = report::text::render(&report(ReportFilter::default()), 30);
+    let text = report::text::render(&report(Filter::default()), 30);
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/report-tasks.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &text).unwrap();

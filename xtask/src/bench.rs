@@ -347,34 +347,31 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// User + system CPU seconds of the children this process has waited for (/proc/self/stat
-/// fields 16 and 17, in clock ticks of 1/100 s on Linux).
-fn children_cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
-    // The command name (field 2) may hold spaces; the fields after it start past its ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("/proc/self/stat has no ')'")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        fields.get(i).and_then(|f| f.parse::<f64>().ok()).context("/proc/self/stat is short")
-    };
-    // Field n (1-based) is rest[n - 3].
-    Ok((ticks(16 - 3)? + ticks(17 - 3)?) / 100.0)
-}
-
-/// Wall and CPU seconds of one run of `cmd` (its output discarded).
-fn timed_run(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
-    let cpu_before = children_cpu_seconds()?;
-    let start = std::time::Instant::now();
-    let status = cmd
+/// Wall seconds, CPU seconds and peak resident memory (bytes) of one run of `cmd` (its output
+/// discarded), measured by GNU time (`/usr/bin/time`, installed by setup).
+fn timed_run(cmd: &Command, what: &str) -> Result<(f64, f64, u64)> {
+    let dir = tempfile_dir()?;
+    let out = dir.join("time.out");
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%e %U %S %M", "-o"])
+        .arg(&out)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .with_context(|| format!("running {what}"))?;
-    let wall = start.elapsed().as_secs_f64();
+        .with_context(|| format!("running {what} under /usr/bin/time"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
-    Ok((wall, children_cpu_seconds()? - cpu_before))
+    let text = std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let f: Vec<f64> =
+        text.lines().last().unwrap_or("").split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    if f.len() != 4 {
+        bail!("/usr/bin/time wrote `{text}` for {what}");
+    }
+    Ok((f[0], f[1] + f[2], f[3] as u64 * 1024))
 }
 
 /// How long `sched-trace report` takes on a trace of about ten million events, next to `perf
@@ -402,31 +399,60 @@ pub fn report_speed(root: &Path, runs: usize, loops: u32) -> Result<()> {
     }
     let (events, samples) = (sched_trace_events(&stderr)?, perf_samples(&stderr)?);
 
-    let mut ours = Vec::new();
-    let mut perf = Vec::new();
-    for _ in 0..runs {
-        ours.push(timed_run(Command::new(&sched_trace).arg("report").arg(&trace), "sched-trace report")?);
-        perf.push(timed_run(
-            Command::new("perf").args(["sched", "latency", "-i"]).arg(&perf_data),
-            "perf sched latency",
-        )?);
-    }
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
-    let row = |name: &str, v: &[(f64, f64)], events: u64, mib: f64| {
+    // Each analysis of the same run, interleaved round by round.
+    let ours = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut c = Command::new(&sched_trace);
+        c.args(args).arg(&trace);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c
+    };
+    let mut perf = Command::new("perf");
+    perf.args(["sched", "latency", "-i"]).arg(&perf_data);
+    let analyses: Vec<(&str, Command, u64, f64)> = vec![
+        ("`sched-trace report`", ours(&["report"], None), events, size(&trace)),
+        (
+            "`sched-trace report`, chunks decoded on the reading thread",
+            ours(&["report"], Some(("SCHED_TRACE_READER_THREADS", "1"))),
+            events,
+            size(&trace),
+        ),
+        (
+            "`sched-trace heatmap --metric runq --format json`",
+            ours(&["heatmap", "--metric", "runq", "--format", "json"], None),
+            events,
+            size(&trace),
+        ),
+        (
+            "`sched-trace heatmap --metric runq --format svg`",
+            ours(&["heatmap", "--metric", "runq", "--format", "svg"], None),
+            events,
+            size(&trace),
+        ),
+        ("`perf sched latency`", perf, samples, size(&perf_data)),
+    ];
+    let mut results: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); analyses.len()];
+    for _ in 0..runs {
+        for (i, (name, cmd, _, _)) in analyses.iter().enumerate() {
+            results[i].push(timed_run(cmd, name)?);
+        }
+    }
+    println!(
+        "\n`perf sched record -- sched-trace record -- taskset -c 0 perf bench sched pipe -l {loops}`, then each analysis {runs} times, interleaved (median)\n"
+    );
+    println!("| analysis | events in its file | file | wall time | CPU time | per event | peak memory |");
+    println!("|---|---|---|---|---|---|---|");
+    for ((name, _, events, mib), v) in analyses.iter().zip(&results) {
         let wall = median(v.iter().map(|r| r.0).collect());
         let cpu = median(v.iter().map(|r| r.1).collect());
+        let rss = median(v.iter().map(|r| r.2 as f64).collect()) / (1 << 20) as f64;
         println!(
-            "| {name} | {events} | {mib:.0} MiB | {wall:.2} s | {cpu:.2} s | {:.0} ns |",
-            wall * 1e9 / events as f64
+            "| {name} | {events} | {mib:.0} MiB | {wall:.2} s | {cpu:.2} s | {:.0} ns | {rss:.0} MiB |",
+            wall * 1e9 / *events as f64
         );
-    };
-    println!(
-        "\n`perf sched record -- sched-trace record -- taskset -c 0 perf bench sched pipe -l {loops}`, then each tool {runs} times, alternating (median)\n"
-    );
-    println!("| analysis | events in its file | file | wall time | CPU time | per event |");
-    println!("|---|---|---|---|---|---|");
-    row("`sched-trace report`", &ours, events, size(&trace));
-    row("`perf sched latency`", &perf, samples, size(&perf_data));
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -27,6 +27,10 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "linux-perf",
+    // Headless Chromium: the heat map's HTML page and the SVGs are checked in a browser.
+    "chromium",
+    // GNU time: the benchmarks' peak memory.
+    "time",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLS_DIR: &str = "/opt/sched-trace/tools";
@@ -147,7 +151,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Fuzz { inputs, jobs, seconds, seed } => fuzz(&root, inputs, jobs, seconds, seed),
+        Task::Fuzz { inputs, jobs, seconds, seed } => {
+            setup()?;
+            fuzz(&root, inputs, jobs, seconds, seed)
+        }
         Task::Demo { output, workload } => {
             setup()?;
             run(cargo(&root).args(["build", "--release", "--bins"]), "cargo build --release")?;

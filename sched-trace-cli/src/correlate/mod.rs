@@ -1,10 +1,12 @@
 //! Correlation: rebuilds, from a trace file alone, what happened to every thread (and, with the
 //! runtime probes, every user task) and folds it into statistics.
 
+pub mod samples;
 pub mod tasks;
 pub mod threads;
 
 use crate::trace::{EventKind, TraceError, TraceInfo, TraceReader, TraceTables, TraceTarget};
+pub use samples::{Metric, NO_CPU, Sample, Window};
 pub use tasks::{
     ParkReason, Queue, RunInterval, RunSegment, TaskAnomalies, TaskSpan, TaskSpanState, TaskStats,
     TaskTracker, Transition, Waker,
@@ -95,11 +97,22 @@ impl Correlator {
 
     /// Also keep the timelines of every thread and task (for exports).
     pub fn with_timelines(self) -> Self {
-        Correlator {
-            threads: self.threads.with_timelines(),
-            tasks: self.tasks.with_timelines(),
-            user_probe_hits: self.user_probe_hits,
-        }
+        Correlator { threads: self.threads.with_timelines(), tasks: self.tasks.with_timelines(), ..self }
+    }
+
+    /// Counts only what happened inside `w`.
+    pub fn with_window(self, w: Window) -> Self {
+        Correlator { threads: self.threads.with_window(w), tasks: self.tasks.with_window(w), ..self }
+    }
+
+    /// Also keep every completed sample until [`Self::take_samples`].
+    pub fn with_samples(self) -> Self {
+        Correlator { threads: self.threads.with_samples(), tasks: self.tasks.with_samples(), ..self }
+    }
+
+    /// The samples the events so far completed (threads' and tasks').
+    pub fn take_samples(&mut self) -> impl Iterator<Item = Sample> + '_ {
+        self.threads.take_samples().chain(self.tasks.take_samples())
     }
 
     /// Takes one event. `probe` names the user-level probe of a `UserTask` event
@@ -147,20 +160,38 @@ pub struct Finished {
     pub task_anomalies: TaskAnomalies,
 }
 
+/// How to correlate a trace.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Keep every thread's and task's timeline (`timeline` fields), for exports.
+    pub timelines: bool,
+    /// Count only this stretch of time.
+    pub window: Window,
+    /// Called with every sample, in the order they complete.
+    pub on_sample: Option<&'a mut dyn FnMut(&Sample)>,
+}
+
 /// Reads the whole trace and correlates it.
 pub fn correlate<R: std::io::Read>(reader: TraceReader<R>) -> Result<Correlation, TraceError> {
-    run(reader, false)
+    correlate_with(reader, Options::default())
 }
 
 /// Like [`correlate`], keeping every thread's and task's timeline too (`timeline` fields).
 pub fn correlate_with_timelines<R: std::io::Read>(reader: TraceReader<R>) -> Result<Correlation, TraceError> {
-    run(reader, true)
+    correlate_with(reader, Options { timelines: true, ..Default::default() })
 }
 
-fn run<R: std::io::Read>(mut reader: TraceReader<R>, timelines: bool) -> Result<Correlation, TraceError> {
-    let mut c = Correlator::new(scope_of(reader.info()));
-    if timelines {
+/// Reads the whole trace and correlates it as `opts` say.
+pub fn correlate_with<R: std::io::Read>(
+    mut reader: TraceReader<R>,
+    mut opts: Options,
+) -> Result<Correlation, TraceError> {
+    let mut c = Correlator::new(scope_of(reader.info())).with_window(opts.window);
+    if opts.timelines {
         c = c.with_timelines();
+    }
+    if opts.on_sample.is_some() {
+        c = c.with_samples();
     }
     let info = reader.info();
     for &pid in &info.asleep_at_start {
@@ -176,6 +207,11 @@ fn run<R: std::io::Read>(mut reader: TraceReader<R>, timelines: bool) -> Result<
             _ => None,
         };
         c.event(&e, probe);
+        if let Some(f) = opts.on_sample.as_mut() {
+            for s in c.take_samples() {
+                f(&s);
+            }
+        }
     }
     let info = reader.info().clone();
     let tables = reader.into_tables()?;

@@ -14,7 +14,10 @@ use std::collections::HashMap;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::threads::{OffCpu, ThreadState};
+use super::{
+    samples::{Metric, NO_CPU, Sample, SampleCounts, Window},
+    threads::{OffCpu, ThreadState},
+};
 
 /// Why a task parked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -207,6 +210,9 @@ pub struct TaskStats {
     /// Its timeline, when the tracker recorded one.
     #[serde(skip)]
     pub timeline: Vec<TaskSpan>,
+    /// Its samples of each metric (see [`super::samples`]).
+    #[serde(skip)]
+    pub samples: SampleCounts,
 }
 
 impl TaskStats {
@@ -245,6 +251,10 @@ struct Task {
     record: bool,
     /// Who made it runnable, while it is (`None` after a yield).
     runnable_by: Option<Waker>,
+    /// CFS-stolen time in the current run.
+    run_stolen: u64,
+    /// The time the statistics are about.
+    window: Window,
 }
 
 /// Runtime transitions that contradict the ones before them (lost probe records, or a file
@@ -273,9 +283,38 @@ pub struct TaskTracker {
     running: FxHashMap<u32, (TaskKey, u64)>,
     record_timelines: bool,
     anomalies: TaskAnomalies,
+    window: Window,
+    /// Samples completed so far (kept only when asked for).
+    samples: Vec<Sample>,
+    emit_samples: bool,
 }
 
 impl TaskTracker {
+    /// Counts only what happened inside `w` (intervals clipped to it).
+    pub fn with_window(mut self, w: Window) -> Self {
+        self.window = w;
+        self
+    }
+
+    /// Also keep each completed sample until [`Self::take_samples`].
+    pub fn with_samples(mut self) -> Self {
+        self.emit_samples = true;
+        self
+    }
+
+    /// The samples completed since the last call.
+    pub fn take_samples(&mut self) -> std::vec::Drain<'_, Sample> {
+        self.samples.drain(..)
+    }
+
+    fn emit(&mut self, sample: Option<Sample>) {
+        if self.emit_samples
+            && let Some(s) = sample
+        {
+            self.samples.push(s);
+        }
+    }
+
     /// Also keep every task's timeline (`TaskStats::timeline`), for exports.
     pub fn with_timelines(mut self) -> Self {
         self.record_timelines = true;
@@ -305,6 +344,10 @@ impl TaskTracker {
             ThreadState::Off { .. } => RunSegment::KernelBlocked,
             ThreadState::Unknown | ThreadState::Dead => RunSegment::Unaccounted,
         };
+        if what == RunSegment::CfsStolen {
+            task.run_stolen += dur;
+        }
+        let inside = task.window.clip(ts - dur, ts);
         let s = &mut task.stats;
         *match what {
             RunSegment::OnCpu => &mut s.on_cpu_ns,
@@ -312,7 +355,7 @@ impl TaskTracker {
             RunSegment::KernelBlocked => &mut s.kernel_blocked_ns,
             RunSegment::BlockingCall => &mut s.blocking_call_ns,
             RunSegment::Unaccounted => &mut s.unaccounted_ns,
-        } += dur;
+        } += inside;
         task.span(ts - dur, ts, TaskSpanState::Segment { tid, what });
     }
 
@@ -320,7 +363,8 @@ impl TaskTracker {
     /// `ts`. The thread's segment must have been flushed up to `ts`.
     pub fn apply(&mut self, ts: u64, pid: u32, tid: u32, task: u64, t: Transition) {
         let key = (pid, task);
-        let record = self.record_timelines;
+        let (record, window) = (self.record_timelines, self.window);
+        let counted = window.contains(ts);
         let entry = self.tasks.entry(key).or_insert_with(|| Task {
             stats: TaskStats { pid, task, first_ts: ts, ..Default::default() },
             state: TaskState::Unknown,
@@ -328,7 +372,11 @@ impl TaskTracker {
             last_tid: None,
             record,
             runnable_by: None,
+            run_stolen: 0,
+            window,
         });
+        // Samples this transition completes, emitted once `entry` is done with.
+        let mut completed: [Option<Sample>; 2] = [None, None];
         // A task runs on one thread at a time: any transition into running, or into runnable by
         // a spawn, ends the run the model has (a contradiction, counted).
         if matches!(t, Transition::Run { .. } | Transition::Spawn { .. })
@@ -343,14 +391,20 @@ impl TaskTracker {
         match t {
             Transition::Spawn { parent, queue } => {
                 entry.stats.parent = parent;
-                *entry.stats.wakers.entry(Waker::Spawn).or_default() += 1;
-                entry.set_state(ts, TaskState::Runnable { since: ts, queue });
+                if counted {
+                    *entry.stats.wakers.entry(Waker::Spawn).or_default() += 1;
+                }
+                completed[0] = entry.set_state(ts, TaskState::Runnable { since: ts, queue });
                 entry.runnable_by = Some(Waker::Spawn);
             }
             Transition::Ready { waker, queue } => {
                 match entry.state {
                     TaskState::Parked { since, reason, .. } => {
-                        *entry.stats.parked_ns.entry(reason).or_default() += ts.saturating_sub(since);
+                        *entry.stats.parked_ns.entry(reason).or_default() += window.clip(since, ts);
+                        if reason == ParkReason::Netpoll {
+                            let on = entry.last_tid.unwrap_or(tid);
+                            completed[1] = entry.sample(Metric::Netpoll, ts, ts.saturating_sub(since), on);
+                        }
                     }
                     TaskState::Unknown => {}
                     // A yielded task is runnable already: the ready says where it was queued.
@@ -362,39 +416,47 @@ impl TaskTracker {
                     // Already runnable or running: the runtime ignores a second wake-up.
                     _ => return,
                 }
-                *entry.stats.wakers.entry(waker).or_default() += 1;
-                entry.set_state(ts, TaskState::Runnable { since: ts, queue });
+                if counted {
+                    *entry.stats.wakers.entry(waker).or_default() += 1;
+                }
+                completed[0] = entry.set_state(ts, TaskState::Runnable { since: ts, queue });
                 entry.runnable_by = Some(waker);
             }
             Transition::Run { p } => {
                 if let TaskState::Runnable { since, queue } = entry.state {
                     let wait = ts.saturating_sub(since);
-                    entry.stats.queue_ns += wait;
-                    entry.stats.queue_latencies_ns.push(wait);
-                    match queue {
-                        Queue::Local(q) => {
-                            entry.stats.local_queue_waits += 1;
-                            if p.is_some_and(|p| p != q) {
-                                entry.stats.stolen += 1;
+                    entry.stats.queue_ns += window.clip(since, ts);
+                    completed[1] = entry.sample(Metric::TaskQueue, ts, wait, tid);
+                    if completed[1].is_some() {
+                        entry.stats.queue_latencies_ns.push(wait);
+                        match queue {
+                            Queue::Local(q) => {
+                                entry.stats.local_queue_waits += 1;
+                                if p.is_some_and(|p| p != q) {
+                                    entry.stats.stolen += 1;
+                                }
                             }
+                            Queue::Global => entry.stats.global_queue_waits += 1,
+                            Queue::Unknown => {}
                         }
-                        Queue::Global => entry.stats.global_queue_waits += 1,
-                        Queue::Unknown => {}
                     }
                 }
-                entry.stats.runs += 1;
-                if entry.last_tid.is_some_and(|last| last != tid) {
-                    entry.stats.thread_changes += 1;
+                if counted {
+                    entry.stats.runs += 1;
+                    if entry.last_tid.is_some_and(|last| last != tid) {
+                        entry.stats.thread_changes += 1;
+                    }
                 }
                 entry.last_tid = Some(tid);
-                entry.set_state(ts, TaskState::Running { tid, since: ts });
+                completed[0] = entry.set_state(ts, TaskState::Running { tid, since: ts });
                 if let Some((other, _)) = self.running.insert(tid, (key, ts))
                     && other != key
                 {
                     // The thread was running another task: that run ends here, unfinished.
                     self.anomalies.conflicting_runs += 1;
                     if let Some(o) = self.tasks.get_mut(&other) {
-                        o.set_state(ts, TaskState::Unknown);
+                        let cut = o.set_state(ts, TaskState::Unknown);
+                        self.emit(cut);
                     }
                 }
             }
@@ -403,24 +465,27 @@ impl TaskTracker {
                 // queue time, and the runtime's ready that follows changes nothing but the
                 // queue it names.
                 let next = if reason == ParkReason::Yield {
-                    entry.stats.yields += 1;
+                    entry.stats.yields += counted as u64;
                     TaskState::Runnable { since: ts, queue: Queue::Unknown }
                 } else {
                     TaskState::Parked { since: ts, reason, fd }
                 };
                 let ran_on = entry.running_on();
-                entry.set_state(ts, next);
+                completed[0] = entry.set_state(ts, next);
                 entry.runnable_by = None;
                 self.stop_running(key, tid, ran_on);
             }
             Transition::Exit => {
                 entry.stats.exited = true;
                 let ran_on = entry.running_on();
-                entry.set_state(ts, TaskState::Exited);
+                completed[0] = entry.set_state(ts, TaskState::Exited);
                 self.stop_running(key, tid, ran_on);
             }
             Transition::BlockEnter => entry.in_blocking_call = true,
             Transition::BlockExit => entry.in_blocking_call = false,
+        }
+        for s in completed {
+            self.emit(s);
         }
     }
 
@@ -453,14 +518,16 @@ impl TaskTracker {
             .tasks
             .into_values()
             .map(|mut t| {
+                let w = t.window;
                 match t.state {
-                    TaskState::Runnable { since, .. } => t.stats.queue_ns += end.saturating_sub(since),
+                    TaskState::Runnable { since, .. } => t.stats.queue_ns += w.clip(since, end),
                     TaskState::Parked { since, reason, .. } => {
-                        *t.stats.parked_ns.entry(reason).or_default() += end.saturating_sub(since)
+                        *t.stats.parked_ns.entry(reason).or_default() += w.clip(since, end)
                     }
                     TaskState::Running { .. } | TaskState::Unknown | TaskState::Exited => {}
                 }
-                t.set_state(end, TaskState::Unknown);
+                // A run still going at the end is not a whole run: no sample.
+                let _ = t.set_state(end, TaskState::Unknown);
                 t.stats
             })
             .collect();
@@ -477,12 +544,30 @@ impl Task {
         }
     }
 
+    /// A completed wait or run of this task, ending on `tid`: counted (inside the window) and
+    /// returned for the tracker's sample list.
+    fn sample(&mut self, metric: Metric, end: u64, ns: u64, tid: u32) -> Option<Sample> {
+        if !self.window.contains(end) {
+            return None;
+        }
+        self.stats.samples.add(metric);
+        Some(Sample { metric, end, ns, tid, pid: self.stats.pid, cpu: NO_CPU, task: Some(self.stats.task) })
+    }
+
     /// Moves to `new` at `ts`, closing the run interval or the timeline span of the state it
-    /// leaves.
-    fn set_state(&mut self, ts: u64, new: TaskState) {
+    /// leaves. Returns the CFS-stolen sample of a run that ends here, if it had any.
+    #[must_use]
+    fn set_state(&mut self, ts: u64, new: TaskState) -> Option<Sample> {
+        let mut run_sample = None;
         let left = match self.state {
             TaskState::Running { tid, since } => {
-                self.stats.run_intervals.push(RunInterval { start: since, end: ts, tid });
+                if self.window.clip(since, ts) > 0 || self.window.contains(ts) {
+                    self.stats.run_intervals.push(RunInterval { start: since, end: ts, tid });
+                }
+                let stolen = std::mem::take(&mut self.run_stolen);
+                if stolen > 0 {
+                    run_sample = self.sample(Metric::CfsStolen, ts, stolen, tid);
+                }
                 Some((since, TaskSpanState::Running { tid }))
             }
             TaskState::Runnable { since, queue } => {
@@ -495,6 +580,7 @@ impl Task {
             self.span(start, ts, state);
         }
         self.state = new;
+        run_sample
     }
 
     /// Adds a span to the timeline (when it is kept), merging a segment into the one before it

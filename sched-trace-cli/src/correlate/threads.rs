@@ -23,6 +23,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::Serialize;
 
+use super::samples::{Metric, Sample, SampleCounts, Window};
 use crate::trace::{Event, EventKind, event::Switch};
 
 /// `TASK_*` state bits (include/linux/sched.h); stable across kernels since 4.14.
@@ -128,6 +129,10 @@ pub struct ThreadStats {
     pub weight: u32,
     /// Its timeline, when the tracker recorded one ([`ThreadTracker::with_timelines`]).
     pub timeline: Vec<ThreadSpan>,
+    /// Its samples of each metric (see [`super::samples`]).
+    pub samples: SampleCounts,
+    /// The CPUs it ran on (inside the window), in the order it first did.
+    pub ran_on: Vec<u16>,
 }
 
 impl ThreadStats {
@@ -135,7 +140,9 @@ impl ThreadStats {
         self.runqueue_ns + self.sleeping_ns + self.epoll_ns + self.blocked_ns
     }
 
-    fn add_off(&mut self, why: OffCpu, ns: u64) {
+    /// Adds `[start, end)` off CPU for `why`, the part of it inside `w`.
+    fn add_off(&mut self, w: Window, why: OffCpu, start: u64, end: u64) {
+        let ns = w.clip(start, end);
         match why {
             OffCpu::Woken | OffCpu::Preempted => self.runqueue_ns += ns,
             OffCpu::Sleeping => self.sleeping_ns += ns,
@@ -163,6 +170,10 @@ struct Thread {
     woken_by: Option<u32>,
     /// The CPU it last ran on or was queued on, as far as the trace tells.
     last_cpu: Option<u16>,
+    /// When it last switched out (while off CPU since then), for its off-CPU samples.
+    switched_out_at: Option<u64>,
+    /// The time the statistics are about.
+    window: Window,
 }
 
 impl Thread {
@@ -195,12 +206,22 @@ impl Thread {
 
     /// The thread is on, or queued on, `cpu` now: a different CPU than the trace last had it on
     /// means a migration the trace did not report.
-    fn on_cpu(&mut self, cpu: u16) {
-        if self.last_cpu.is_some_and(|last| last != cpu) {
+    fn on_cpu(&mut self, cpu: u16, ts: u64) {
+        if self.last_cpu.is_some_and(|last| last != cpu) && self.window.contains(ts) {
             self.stats.migrations += 1;
             self.stats.inferred_migrations += 1;
         }
         self.last_cpu = Some(cpu);
+    }
+
+    /// A completed wait of this thread: counted (inside the window) and returned for the
+    /// tracker's sample list.
+    fn sample(&mut self, metric: Metric, end: u64, ns: u64, cpu: u16) -> Option<Sample> {
+        if !self.window.contains(end) {
+            return None;
+        }
+        self.stats.samples.add(metric);
+        Some(Sample { metric, end, ns, tid: self.stats.tid, pid: self.stats.pid, cpu, task: None })
     }
 
     /// The thread is seen running at `seen` but its switch-in is missing; it cannot have happened
@@ -210,14 +231,17 @@ impl Thread {
             // Times are in order after the reader; a caller's own events may not be.
             let seen = seen.max(since);
             let earliest = earliest.max(since).min(seen);
-            self.stats.add_off(why, earliest - since);
-            self.stats.unaccounted_ns += seen - earliest;
+            self.stats.add_off(self.window, why, since, earliest);
+            self.stats.unaccounted_ns += self.window.clip(earliest, seen);
             self.span(since, earliest, SpanState::Off { why, waker: None });
             self.span(earliest, seen, SpanState::Unattributed);
         }
-        self.stats.missed_switch_ins += 1;
+        if self.window.contains(seen) {
+            self.stats.missed_switch_ins += 1;
+        }
+        self.switched_out_at = None;
         self.state = ThreadState::Running { since: seen, cpu };
-        self.on_cpu(cpu);
+        self.on_cpu(cpu, seen);
     }
 }
 
@@ -265,6 +289,11 @@ pub struct ThreadTracker {
     runnable: Vec<Vec<u32>>,
     /// Keep every thread's timeline.
     record_timelines: bool,
+    /// The time the statistics are about.
+    window: Window,
+    /// Samples completed by the events so far (kept only when asked for).
+    samples: Vec<Sample>,
+    emit_samples: bool,
 }
 
 impl ThreadTracker {
@@ -281,7 +310,27 @@ impl ThreadTracker {
             cpus: Vec::new(),
             runnable: Vec::new(),
             record_timelines: false,
+            window: Window::ALL,
+            samples: Vec::new(),
+            emit_samples: false,
         }
+    }
+
+    /// Counts only what happened inside `w` (intervals clipped to it).
+    pub fn with_window(mut self, w: Window) -> Self {
+        self.window = w;
+        self
+    }
+
+    /// Also keep each completed sample (see [`super::samples`]) until [`Self::take_samples`].
+    pub fn with_samples(mut self) -> Self {
+        self.emit_samples = true;
+        self
+    }
+
+    /// The samples completed since the last call.
+    pub fn take_samples(&mut self) -> std::vec::Drain<'_, Sample> {
+        self.samples.drain(..)
     }
 
     /// Starts with thread `tid` of process `pid` asleep since `since` (a thread the recorder knew
@@ -343,7 +392,7 @@ impl ThreadTracker {
     }
 
     fn thread(&mut self, tid: u32, pid: u32, ts: u64) -> &mut Thread {
-        let record = self.record_timelines;
+        let (record, window) = (self.record_timelines, self.window);
         let t = self.threads.entry(tid).or_insert_with(|| Thread {
             stats: ThreadStats { tid, pid, first_ts: ts, ..Default::default() },
             state: ThreadState::Unknown,
@@ -355,6 +404,8 @@ impl ThreadTracker {
             record,
             woken_by: None,
             last_cpu: None,
+            switched_out_at: None,
+            window,
         });
         t.stats.last_ts = ts;
         if t.stats.pid == 0 {
@@ -381,7 +432,7 @@ impl ThreadTracker {
                 }
                 ThreadState::Unknown => {
                     t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu });
-                    t.on_cpu(e.cpu);
+                    t.on_cpu(e.cpu, e.ts);
                 }
                 _ => {}
             }
@@ -399,14 +450,21 @@ impl ThreadTracker {
                 let t = self.thread(w.tid, w.pid, e.ts);
                 // A new thread is woken by its creator, in whose context this fires.
                 let waker = if new { Some(e.tid) } else { t.pending_waker.take() };
+                let mut sample = None;
                 match t.state {
                     ThreadState::Off {
                         since,
                         why: why @ (OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked),
                     } => {
                         let ns = e.ts.saturating_sub(since);
-                        t.stats.add_off(why, ns);
-                        if why == OffCpu::Sleeping {
+                        t.stats.add_off(t.window, why, since, e.ts);
+                        let metric = match why {
+                            OffCpu::Sleeping => Metric::Sleep,
+                            OffCpu::Epoll => Metric::Epoll,
+                            _ => Metric::Blocked,
+                        };
+                        sample = t.sample(metric, e.ts, ns, w.cpu as u16);
+                        if why == OffCpu::Sleeping && sample.is_some() {
                             t.stats.sleeps_ns.push(ns);
                         }
                     }
@@ -418,21 +476,25 @@ impl ThreadTracker {
                 if new {
                     t.last_cpu = Some(w.cpu as u16); // placed, not migrated
                 } else {
-                    t.on_cpu(w.cpu as u16);
+                    t.on_cpu(w.cpu as u16, e.ts);
                 }
                 t.set_state(e.ts, ThreadState::Off { since: e.ts, why: OffCpu::Woken });
                 t.woken_by = waker;
                 // Where CFS placed it; its vruntime from before the sleep says nothing now.
                 t.vruntime = w.vruntime;
                 t.cfs_rq = w.cfs_rq;
-                if let Some(w) = waker {
+                if let Some(w) = waker
+                    && t.window.contains(e.ts)
+                {
                     *t.stats.wakers.entry(w).or_default() += 1;
                 }
+                self.emit(sample);
                 self.set_queued(w.tid, Some(w.cpu as u16));
             }
             EventKind::Migrate { tid, pid, orig_cpu, dest_cpu } if self.in_scope(tid, pid) => {
+                let counted = self.window.contains(e.ts);
                 let t = self.thread(tid, pid, e.ts);
-                t.stats.migrations += 1;
+                t.stats.migrations += counted as u64;
                 t.last_cpu = Some(dest_cpu as u16);
                 let queued = t.queued_on.is_some();
                 if queued {
@@ -440,8 +502,8 @@ impl ThreadTracker {
                     t.vruntime = 0;
                     t.cfs_rq = 0;
                 }
-                self.cpu(orig_cpu as u16).migrations_out += 1;
-                self.cpu(dest_cpu as u16).migrations_in += 1;
+                self.cpu(orig_cpu as u16).migrations_out += counted as u64;
+                self.cpu(dest_cpu as u16).migrations_in += counted as u64;
                 if queued {
                     self.set_queued(tid, Some(dest_cpu as u16));
                 }
@@ -461,13 +523,22 @@ impl ThreadTracker {
         }
     }
 
+    fn emit(&mut self, sample: Option<Sample>) {
+        if self.emit_samples
+            && let Some(s) = sample
+        {
+            self.samples.push(s);
+        }
+    }
+
     fn last_switch_on(&self, cpu: u16) -> u64 {
         self.last_switch.get(cpu as usize).copied().unwrap_or(0)
     }
 
     fn switch(&mut self, e: &Event, s: &Switch) {
         let last = self.last_switch_on(e.cpu);
-        self.cpu(e.cpu).switches += 1;
+        let counted = self.window.contains(e.ts);
+        self.cpu(e.cpu).switches += counted as u64;
         self.last_switch[e.cpu as usize] = e.ts;
         if self.in_scope(e.tid, e.pid) {
             let t = self.thread(e.tid, e.pid, e.ts);
@@ -476,7 +547,7 @@ impl ThreadTracker {
             }
             let mut ran = 0;
             if let ThreadState::Running { since, .. } = t.state {
-                ran = e.ts.saturating_sub(since);
+                ran = t.window.clip(since, e.ts);
                 t.stats.on_cpu_ns += ran;
             }
             if s.prev_vruntime != 0 {
@@ -484,12 +555,12 @@ impl ThreadTracker {
                 t.cfs_rq = s.prev_cfs_rq;
             }
             let still_runnable = s.preempt || s.prev_state == task_state::RUNNING;
-            if still_runnable {
+            if still_runnable && counted {
                 t.stats.involuntary_switches += 1;
                 if s.next_tid != 0 {
                     *t.stats.preempted_by.entry(s.next_tid).or_default() += 1;
                 }
-            } else {
+            } else if counted {
                 t.stats.voluntary_switches += 1;
             }
             if s.prev_weight != 0 {
@@ -507,10 +578,11 @@ impl ThreadTracker {
             } else {
                 ThreadState::Off { since: e.ts, why: OffCpu::Blocked }
             };
+            t.switched_out_at = matches!(new, ThreadState::Off { .. }).then_some(e.ts);
             t.set_state(e.ts, new);
             let cpu = self.cpu(e.cpu);
             cpu.busy_ns = cpu.busy_ns.saturating_add(ran);
-            if still_runnable {
+            if still_runnable && counted {
                 cpu.preemptions += 1;
                 if s.next_tid != 0 {
                     *cpu.preempted_by.entry(s.next_tid).or_default() += 1;
@@ -522,28 +594,36 @@ impl ThreadTracker {
             let t = self.thread(s.next_tid, s.next_pid, e.ts);
             if let ThreadState::Running { since, .. } = t.state {
                 // Its switch-out is not in the trace: when the last run ended cannot be told.
-                t.stats.missed_switch_outs += 1;
-                t.stats.unaccounted_ns += e.ts.saturating_sub(since);
+                t.stats.missed_switch_outs += counted as u64;
+                t.stats.unaccounted_ns += t.window.clip(since, e.ts);
                 t.span(since, e.ts, SpanState::Unattributed);
                 t.state = ThreadState::Unknown;
+                t.switched_out_at = None;
             }
             let mut latency = None;
             if let ThreadState::Off { since, why } = t.state {
                 let ns = e.ts.saturating_sub(since);
-                t.stats.add_off(why, ns);
-                if matches!(why, OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked) {
+                t.stats.add_off(t.window, why, since, e.ts);
+                if matches!(why, OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked) && counted {
                     t.stats.missed_wakeups += 1;
                 }
-                if matches!(why, OffCpu::Woken | OffCpu::Preempted) {
+                if matches!(why, OffCpu::Woken | OffCpu::Preempted)
+                    && let Some(sample) = t.sample(Metric::Runq, e.ts, ns, e.cpu)
+                {
                     t.stats.latencies_ns.push(ns);
-                    latency = Some(ns);
+                    latency = Some(sample);
                     if why == OffCpu::Woken {
                         t.stats.latencies_from_wakeup += 1;
                     }
                 }
             }
+            let off_cpu =
+                t.switched_out_at.take().and_then(|out| t.sample(Metric::Offcpu, e.ts, e.ts - out, e.cpu));
             t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu });
-            t.on_cpu(e.cpu);
+            t.on_cpu(e.cpu, e.ts);
+            if counted && !t.stats.ran_on.contains(&e.cpu) {
+                t.stats.ran_on.push(e.cpu);
+            }
             if s.next_weight != 0 {
                 t.stats.weight = s.next_weight;
             }
@@ -553,10 +633,14 @@ impl ThreadTracker {
             }
             let (next_vruntime, next_cfs_rq) = (t.vruntime, t.cfs_rq);
             self.set_queued(s.next_tid, None);
-            if let Some(ns) = latency {
-                self.cpu(e.cpu).latencies_ns.push(ns);
+            if let Some(sample) = latency {
+                self.cpu(e.cpu).latencies_ns.push(sample.ns);
             }
-            self.sample_vruntime_spread(e.cpu, next_vruntime, next_cfs_rq);
+            self.emit(latency);
+            self.emit(off_cpu);
+            if counted {
+                self.sample_vruntime_spread(e.cpu, next_vruntime, next_cfs_rq);
+            }
         }
     }
 
@@ -596,8 +680,8 @@ impl ThreadTracker {
             .into_values()
             .map(|mut t| {
                 match t.state {
-                    ThreadState::Running { since, .. } => t.stats.on_cpu_ns += end.saturating_sub(since),
-                    ThreadState::Off { since, why } => t.stats.add_off(why, end.saturating_sub(since)),
+                    ThreadState::Running { since, .. } => t.stats.on_cpu_ns += t.window.clip(since, end),
+                    ThreadState::Off { since, why } => t.stats.add_off(t.window, why, since, end),
                     ThreadState::Unknown | ThreadState::Dead => {}
                 }
                 t.set_state(end, ThreadState::Unknown);

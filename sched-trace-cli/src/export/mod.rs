@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
     correlate::{Correlation, OffCpu, Queue, RunSegment, SpanState, TaskSpanState, Waker},
+    filter::Filter,
     trace::{TaskNames, TraceError},
 };
 
@@ -96,23 +97,38 @@ impl Tracks {
     /// The tracks of a correlation made with timelines
     /// ([`crate::correlate::correlate_with_timelines`]).
     pub fn build(c: &Correlation) -> Tracks {
+        Self::build_filtered(c, &Filter::default())
+    }
+
+    /// The tracks of the threads, tasks and CPUs `filter` selects, clipped to its window.
+    pub fn build_filtered(c: &Correlation, filter: &Filter) -> Tracks {
         let names = TaskNames::new(&c.tables.tasks);
+        let window = filter.window(c.info.start_ns);
+        // The part of a span inside the window, if any.
+        let clip = |start: u64, end: u64| {
+            let (s, e) = (start.max(window.from), end.min(window.to));
+            (e > s).then_some((s, e))
+        };
         let mut processes = BTreeMap::new();
         let mut cpus: BTreeMap<u16, Vec<Slice>> = BTreeMap::new();
         let mut threads = Vec::new();
         for t in &c.threads {
-            if t.timeline.is_empty() {
+            if t.timeline.is_empty()
+                || !filter.thread(t.tid, t.pid, &names)
+                || filter.cpu.is_some_and(|cpu| !t.ran_on.contains(&cpu))
+            {
                 continue;
             }
             let name = names.display(t.tid);
             processes.entry(t.pid).or_insert_with(|| names.display(t.pid));
             let mut slices = Vec::with_capacity(t.timeline.len());
             for span in &t.timeline {
+                let Some((start, end)) = clip(span.start, span.end) else { continue };
                 let (label, args) = match span.state {
                     SpanState::Running { cpu, vruntime, weight } => {
                         cpus.entry(cpu).or_default().push(Slice {
-                            start: span.start,
-                            end: span.end,
+                            start,
+                            end,
                             name: format!("{name} {}", t.tid),
                             depth: 0,
                             args: vec![("tid", Arg::Int(t.tid as i64)), ("pid", Arg::Int(t.pid as i64))],
@@ -135,18 +151,19 @@ impl Tracks {
                     }
                     SpanState::Unattributed => ("Unknown (switch-in not traced)", Vec::new()),
                 };
-                slices.push(Slice { start: span.start, end: span.end, name: label.into(), depth: 0, args });
+                slices.push(Slice { start, end, name: label.into(), depth: 0, args });
             }
             threads.push(ThreadTrack { tid: t.tid, pid: t.pid, name, slices: well_nested(slices) });
         }
         let mut tasks = Vec::new();
         for t in &c.tasks {
-            if t.timeline.is_empty() {
+            if t.timeline.is_empty() || !filter.task(t, &names) {
                 continue;
             }
             processes.entry(t.pid).or_insert_with(|| names.display(t.pid));
             let mut slices = Vec::with_capacity(t.timeline.len());
             for span in &t.timeline {
+                let Some((start, end)) = clip(span.start, span.end) else { continue };
                 let (name, depth, args) = match span.state {
                     TaskSpanState::Runnable { queue, waker } => {
                         let q = match queue {
@@ -181,7 +198,7 @@ impl Tracks {
                         (format!("Parked ({})", format!("{reason:?}").to_lowercase()), 0, args)
                     }
                 };
-                slices.push(Slice { start: span.start, end: span.end, name, depth, args });
+                slices.push(Slice { start, end, name, depth, args });
             }
             tasks.push(TaskTrack { pid: t.pid, task: t.task, slices: well_nested(slices) });
         }
@@ -190,6 +207,7 @@ impl Tracks {
             threads,
             cpus: cpus
                 .into_iter()
+                .filter(|(cpu, _)| filter.cpu.is_none_or(|c| c == *cpu))
                 .map(|(cpu, slices)| CpuTrack { cpu, slices: well_nested(slices) })
                 .collect(),
             tasks,

@@ -314,6 +314,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         started,
     };
     let run = session.run(&opts, &mut probes, &mut usdt, command.as_mut(), &mut watched).await;
+    // When recording stopped (detaching the probes below takes a while: uprobes wait for RCU).
+    let stopped_ns = host::monotonic_ns();
 
     // Detach first, then take what the kernel still holds.
     drop(probes);
@@ -336,7 +338,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             unwritten_events: received.saturating_sub(out.events),
         };
         let end = EndInfo {
-            end_ns: host::monotonic_ns(),
+            end_ns: stopped_ns,
             events: out.events,
             stop_reason: format!("writing the trace failed: {error}"),
             write_failure: Some(failure.clone()),
@@ -362,7 +364,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let (stop, command_status) = run?;
     let drops = final_drops?;
     let end = EndInfo {
-        end_ns: host::monotonic_ns(),
+        end_ns: stopped_ns,
         events: out.events,
         stop_reason: stop.to_string(),
         write_failure: None,

@@ -12,11 +12,12 @@ use std::{
 
 use serde::Serialize;
 
+pub use crate::filter::Filter;
 use crate::{
     correlate::{Correlation, ThreadStats},
     trace::{TaskNames, TraceTarget},
 };
-pub use tasks::{CpuReport, ReportFilter, TaskSection};
+pub use tasks::{CpuReport, TaskSection};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -32,9 +33,12 @@ pub struct Report {
     pub tasks: Option<TaskSection>,
     /// What CFS did on each CPU (to the traced threads).
     pub cpus: Vec<CpuReport>,
+    /// Samples of every metric (completed waits and runs, see `correlate::samples`) of the
+    /// selected threads and tasks: what a heat map of that metric counts.
+    pub samples: BTreeMap<&'static str, u64>,
     /// The filters this report was built with (its threads, processes and tasks are those
     /// they select; the trace summary and the loss counts are the whole trace's).
-    pub filter: ReportFilter,
+    pub filter: Filter,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +61,9 @@ pub struct TraceSummary {
     /// Wall-clock time of the first event (RFC 3339, UTC).
     pub started_at: String,
     pub duration_ns: u64,
+    /// The time the numbers are about, in seconds from the start of the recording, when the
+    /// report was asked for a part of it (`--from`, `--to`).
+    pub window_s: Option<[f64; 2]>,
     pub events: u64,
     /// The recorder closed the file (an end marker), with or without a write failure.
     pub closed_cleanly: bool,
@@ -206,14 +213,22 @@ const TOP_PEERS: usize = 5;
 
 impl Report {
     pub fn build(path: &Path, c: &Correlation) -> Report {
-        Self::build_filtered(path, c, &ReportFilter::default())
+        Self::build_filtered(path, c, &Filter::default())
     }
 
     /// A report on the threads, processes and tasks `filter` selects.
-    pub fn build_filtered(path: &Path, c: &Correlation, filter: &ReportFilter) -> Report {
+    /// A report on the threads, processes, tasks and CPUs `filter` selects. The time window is
+    /// the correlation's: make it with the filter's window ([`Filter::window`]).
+    pub fn build_filtered(path: &Path, c: &Correlation, filter: &Filter) -> Report {
         let names = TaskNames::new(&c.tables.tasks);
         let peers = |m: &HashMap<u32, u64>| top_peers(m, &names);
-        let selected: Vec<&ThreadStats> = c.threads.iter().filter(|t| filter.thread(t.tid, t.pid)).collect();
+        let selected: Vec<&ThreadStats> = c
+            .threads
+            .iter()
+            .filter(|t| {
+                filter.thread(t.tid, t.pid, &names) && filter.cpu.is_none_or(|cpu| t.ran_on.contains(&cpu))
+            })
+            .collect();
 
         let mut threads: Vec<ThreadReport> = selected
             .iter()
@@ -314,7 +329,14 @@ impl Report {
             target: info.target.clone(),
             command_line: info.command_line.clone(),
             started_at,
-            duration_ns: c.last_ts.saturating_sub(c.first_ts),
+            duration_ns: {
+                let w = filter.window(info.start_ns);
+                c.last_ts.min(w.to).saturating_sub(c.first_ts.max(w.from))
+            },
+            window_s: (filter.from_s.is_some() || filter.to_s.is_some()).then(|| {
+                let end = c.last_ts.saturating_sub(info.start_ns) as f64 / 1e9;
+                [filter.from_s.unwrap_or(0.0), filter.to_s.unwrap_or(end).min(end)]
+            }),
             events: c.tables.events,
             closed_cleanly: c.tables.end.is_some(),
             stop_reason: c.tables.end.as_ref().map(|e| e.stop_reason.clone()),
@@ -341,7 +363,18 @@ impl Report {
                 hits: c.user_probe_hits.get(&p.index).copied().unwrap_or(0),
             })
             .collect();
-        let tasks: Vec<_> = c.tasks.iter().filter(|t| filter.task(t)).collect();
+        let tasks: Vec<_> = c.tasks.iter().filter(|t| filter.task(t, &names)).collect();
+        let samples = crate::correlate::Metric::ALL
+            .into_iter()
+            .map(|m| {
+                let n = if m.of_tasks() {
+                    tasks.iter().map(|t| t.samples.get(m)).sum()
+                } else {
+                    selected.iter().map(|t| t.samples.get(m)).sum()
+                };
+                (m.name(), n)
+            })
+            .collect();
         Report {
             trace,
             lost,
@@ -349,7 +382,11 @@ impl Report {
             threads,
             user_probes,
             tasks: TaskSection::build(&tasks),
-            cpus: tasks::cpu_reports(&c.cpus, &names),
+            samples,
+            cpus: tasks::cpu_reports(&c.cpus, &names)
+                .into_iter()
+                .filter(|r| filter.cpu.is_none_or(|cpu| cpu == r.cpu))
+                .collect(),
             filter: filter.clone(),
         }
     }

@@ -236,23 +236,3 @@ pub fn cpu_reports(cpus: &[CpuStats], names: &TaskNames) -> Vec<CpuReport> {
         })
         .collect()
 }
-
-/// Which threads, processes and tasks a report covers.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ReportFilter {
-    pub pid: Option<u32>,
-    pub tid: Option<u32>,
-    pub task: Option<u64>,
-}
-
-impl ReportFilter {
-    pub fn thread(&self, tid: u32, pid: u32) -> bool {
-        self.pid.is_none_or(|p| p == pid) && self.tid.is_none_or(|t| t == tid)
-    }
-
-    pub fn task(&self, t: &TaskStats) -> bool {
-        self.pid.is_none_or(|p| p == t.pid)
-            && self.task.is_none_or(|id| id == t.task)
-            && self.tid.is_none_or(|tid| t.run_intervals.iter().any(|r| r.tid == tid))
-    }
-}

@@ -296,7 +296,18 @@ fn header(out: &mut String, r: &Report) {
         TraceTarget::Command { argv, pid } => format!("`{}` (PID {pid}) and its descendants", argv.join(" ")),
     };
     let _ = writeln!(out, "  target:    {target}");
-    let _ = writeln!(out, "  span:      {}, {} events", duration_ns(t.duration_ns), count(t.events));
+    let span = match t.window_s {
+        Some(_) => "the whole recording".to_string(),
+        None => duration_ns(t.duration_ns),
+    };
+    let _ = writeln!(out, "  span:      {span}, {} events", count(t.events));
+    if let Some([from, to]) = t.window_s {
+        let _ = writeln!(
+            out,
+            "  window:    {from:.3} s to {to:.3} s after the recording started ({}): the numbers below are those inside it",
+            duration_ns(t.duration_ns)
+        );
+    }
     match (&t.stop_reason, &t.truncated) {
         (Some(reason), _) => {
             let _ = writeln!(out, "  stopped:   {reason}");

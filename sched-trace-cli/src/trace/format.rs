@@ -148,7 +148,7 @@ pub struct ProbesChunk {
 /// Facts written when a recording is closed cleanly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndInfo {
-    /// Timestamp at which recording stopped.
+    /// Timestamp at which recording stopped (before the probes were detached).
     pub end_ns: u64,
     /// Records written to the file.
     pub events: u64,

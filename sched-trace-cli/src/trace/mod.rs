@@ -3,6 +3,7 @@
 //! Everything after `record` is a pure function of a trace file, read through this module.
 
 pub mod columnar;
+mod decode;
 pub mod event;
 pub mod format;
 pub mod reader;
@@ -20,7 +21,7 @@ use sched_trace_abi::{drop_slot, kind};
 
 pub use event::{Comm, Event, EventKind};
 pub use format::{EndInfo, TaskEntry, TaskSource, TraceInfo, TraceTarget, UserProbe, WriteFailure};
-pub use reader::{RawChunk, TraceReader, TraceTables, Truncation};
+pub use reader::{Prescan, RawChunk, TraceReader, TraceTables, Truncation, prescan, prescan_of};
 pub use writer::TraceWriter;
 
 #[derive(Debug, thiserror::Error)]

@@ -14,9 +14,8 @@ use super::{
     Comm, DropCounters, EventKind, TraceError,
     event::{Decoded, Event, decode},
     format::{
-        CHUNK_COLUMNAR, CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FILE_HEADER_LEN,
-        FORMAT_VERSION, MAGIC, MAX_CHUNK_LEN, MAX_INFO_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry,
-        TaskSource, TraceInfo,
+        CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FILE_HEADER_LEN, FORMAT_VERSION,
+        MAGIC, MAX_CHUNK_LEN, MAX_INFO_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry, TaskSource, TraceInfo,
     },
 };
 
@@ -100,6 +99,14 @@ pub struct TraceReader<R = BufReader<File>> {
     /// Where each user-level probe is in `info.user_probes`, by its index.
     probe_slots: rustc_hash::FxHashMap<u32, usize>,
     limits: super::validate::EventLimits,
+    /// Decodes chunks ahead on worker threads (none on a single CPU), started by the first
+    /// chunk read.
+    pool: Option<super::decode::Pool>,
+    pool_started: bool,
+    /// The file has no more chunks to read...
+    read_done: bool,
+    /// ...or reading the next one failed (returned after the chunks before it).
+    read_failure: Option<TraceError>,
 }
 
 impl TraceReader {
@@ -170,6 +177,10 @@ impl<R: Read> TraceReader<R> {
         Ok(TraceReader {
             probe_slots,
             limits,
+            pool: None,
+            pool_started: false,
+            read_done: false,
+            read_failure: None,
             src,
             path: path.to_path_buf(),
             offset: (FILE_HEADER_LEN + body.len()) as u64,
@@ -371,22 +382,7 @@ impl<R: Read> TraceReader<R> {
     }
 
     fn take_tasks(&mut self, chunk: &RawChunk) -> Result<(), TraceError> {
-        if !chunk.payload.len().is_multiple_of(TASK_ENTRY_LEN) {
-            return Err(self.corrupt(
-                chunk.offset,
-                format!("task table of {} bytes is not a whole number of entries", chunk.payload.len()),
-            ));
-        }
-        for mut e in chunk.payload.chunks_exact(TASK_ENTRY_LEN) {
-            let ts = e.get_u64_le();
-            let tid = e.get_u32_le();
-            let pid = e.get_u32_le();
-            let mut comm = [0u8; 16];
-            e.copy_to_slice(&mut comm);
-            let source = TaskSource::from_u8(e.get_u8()).unwrap_or(TaskSource::Unknown);
-            self.tables.tasks.push(TaskEntry { ts, tid, pid, comm: Comm(comm), source });
-        }
-        Ok(())
+        parse_tasks(&chunk.payload, &mut self.tables.tasks).map_err(|what| self.corrupt(chunk.offset, what))
     }
 
     fn parse_drops(&self, chunk: &RawChunk) -> Result<DropCounters, TraceError> {
@@ -417,8 +413,55 @@ impl<R: Read> TraceReader<R> {
         Ok(DropCounters { per_cpu, malformed: p.get_u64_le(), unreceived: p.get_u64_le() })
     }
 
-    /// Reads the next whole chunk, or `None` at the end of the file (noting a partial chunk).
+    /// The next whole chunk, decoded, or `None` at the end of the file (noting a partial chunk).
+    /// With a decode pool, the next chunks are read and handed to it ahead of the caller, which
+    /// gets them in file order; an error reading one is returned once the chunks before it are.
     fn next_chunk(&mut self) -> Result<Option<RawChunk>, TraceError> {
+        if !self.pool_started {
+            self.pool_started = true;
+            self.pool = super::decode::Pool::new(decode_threads());
+        }
+        let Some(depth) = self.pool.as_ref().map(|p| 2 * p.workers() as u64 + 1) else {
+            return match self.read_stored()? {
+                None => Ok(None),
+                Some(stored) => {
+                    let (out, tmp) = (self.buffer(), self.buffer());
+                    self.finish_decode(super::decode::decode(stored, out, tmp)).map(Some)
+                }
+            };
+        };
+        while self.read_failure.is_none()
+            && !self.read_done
+            && self.pool.as_ref().is_some_and(|p| p.in_flight() < depth)
+        {
+            match self.read_stored() {
+                Ok(Some(stored)) => {
+                    let buffers = [self.buffer(), self.buffer()];
+                    if let Some(p) = self.pool.as_mut() {
+                        p.submit(stored, buffers);
+                    }
+                }
+                Ok(None) => self.read_done = true,
+                Err(e) => self.read_failure = Some(e),
+            }
+        }
+        match self.pool.as_mut().and_then(|p| p.next()) {
+            Some(decoded) => self.finish_decode(decoded).map(Some),
+            None => self.read_failure.take().map_or(Ok(None), Err),
+        }
+    }
+
+    fn finish_decode(&mut self, d: super::decode::Decoded) -> Result<RawChunk, TraceError> {
+        self.spare.extend(d.spares);
+        self.spare.truncate(8);
+        d.payload
+            .map(|payload| RawChunk { kind: d.kind, offset: d.offset, payload })
+            .map_err(|what| self.corrupt(d.offset, what))
+    }
+
+    /// Reads the next whole chunk as stored, its checksum checked, or `None` at the end of the
+    /// file (noting a partial chunk).
+    fn read_stored(&mut self) -> Result<Option<super::decode::Stored>, TraceError> {
         let start = self.offset;
         let mut head = [0u8; CHUNK_HEADER_LEN];
         let got = read_full(&mut self.src, &mut head).map_err(|e| TraceError::io(&self.path, e))?;
@@ -426,47 +469,23 @@ impl<R: Read> TraceReader<R> {
             return Ok(None);
         }
         if got < CHUNK_HEADER_LEN {
-            return Ok(self.truncated(start));
+            self.truncated(start);
+            return Ok(None);
         }
-        if head[..4] != CHUNK_MAGIC {
-            return Err(self.corrupt(start, "no chunk starts here (bad chunk magic)".into()));
-        }
-        let mut h = &head[4..];
-        let kind = h.get_u8();
-        let flags = h.get_u8();
-        let reserved = h.get_u16_le();
-        let stored_len = h.get_u32_le();
-        let raw_len = h.get_u32_le();
-        let crc = h.get_u32_le();
-        if reserved != 0 {
-            return Err(self.corrupt(start, format!("chunk header has reserved bits set ({reserved:#06x})")));
-        }
-        if stored_len > MAX_CHUNK_LEN || raw_len > MAX_CHUNK_LEN {
-            return Err(self.corrupt(
-                start,
-                format!(
-                    "chunk claims {stored_len} stored / {raw_len} raw bytes; the limit is {MAX_CHUNK_LEN}"
-                ),
-            ));
-        }
-        if flags & CHUNK_COMPRESSED != 0 && raw_len as u64 > stored_len as u64 * LZ4_MAX_RATIO + 64 {
-            return Err(self.corrupt(
-                start,
-                format!(
-                    "chunk claims {stored_len} compressed bytes decompress to {raw_len}, more than lz4 can"
-                ),
-            ));
-        }
+        let ChunkHeader { kind, flags, stored_len, raw_len, crc } =
+            ChunkHeader::parse(&head).map_err(|what| self.corrupt(start, what))?;
         let body_start = start + CHUNK_HEADER_LEN as u64;
         if body_start + stored_len as u64 > self.file_len {
             // The writer was cut off in the middle of this chunk.
-            return Ok(self.truncated(start));
+            self.truncated(start);
+            return Ok(None);
         }
         let mut stored = self.buffer();
         stored.resize(stored_len as usize, 0);
         let got = read_full(&mut self.src, &mut stored).map_err(|e| TraceError::io(&self.path, e))?;
         if got < stored.len() {
-            return Ok(self.truncated(start));
+            self.truncated(start);
+            return Ok(None);
         }
         self.offset = body_start + stored_len as u64;
         let mut check = crc32fast::Hasher::new();
@@ -475,51 +494,167 @@ impl<R: Read> TraceReader<R> {
         if check.finalize() != crc {
             return Err(self.corrupt(start, "chunk checksum mismatch".into()));
         }
-        let payload = if flags & CHUNK_COMPRESSED != 0 {
-            let mut out = self.buffer();
-            out.resize(raw_len as usize, 0);
-            let result = lz4_flex::block::decompress_into(&stored, &mut out);
-            self.spare.push(stored);
-            match result {
-                Ok(n) if n == out.len() => out,
-                Ok(n) => {
-                    return Err(self.corrupt(
-                        start,
-                        format!("chunk decompresses to {n} bytes, its header says {raw_len}"),
-                    ));
-                }
-                Err(e) => return Err(self.corrupt(start, format!("chunk does not decompress: {e}"))),
-            }
-        } else {
-            if raw_len != stored_len {
-                return Err(self.corrupt(start, "uncompressed chunk with two different lengths".into()));
-            }
-            stored
-        };
-        let payload = if flags & CHUNK_COLUMNAR != 0 {
-            if kind != ChunkKind::Events as u8 {
-                return Err(self.corrupt(start, format!("chunk of kind {kind} claims the columnar layout")));
-            }
-            let mut records = self.buffer();
-            let result = super::columnar::decode(&payload, &mut records);
-            self.spare.push(payload);
-            result.map_err(|what| self.corrupt(start, what))?;
-            records
-        } else {
-            payload
-        };
-        Ok(Some(RawChunk { kind, offset: start, payload }))
+        Ok(Some(super::decode::Stored { kind, flags, raw_len, offset: start, bytes: stored }))
     }
 
-    fn truncated(&mut self, offset: u64) -> Option<RawChunk> {
+    fn truncated(&mut self, offset: u64) {
         self.tables.truncation =
             Some(Truncation { offset, discarded_bytes: self.file_len.saturating_sub(offset) });
-        None
     }
 
     fn corrupt(&self, offset: u64, what: String) -> TraceError {
         TraceError::Corrupt { path: self.path.clone(), offset, what }
     }
+}
+
+/// Appends the entries of a `TASKS` payload to `out`.
+fn parse_tasks(payload: &[u8], out: &mut Vec<TaskEntry>) -> Result<(), String> {
+    if !payload.len().is_multiple_of(TASK_ENTRY_LEN) {
+        return Err(format!("task table of {} bytes is not a whole number of entries", payload.len()));
+    }
+    for mut e in payload.chunks_exact(TASK_ENTRY_LEN) {
+        let ts = e.get_u64_le();
+        let tid = e.get_u32_le();
+        let pid = e.get_u32_le();
+        let mut comm = [0u8; 16];
+        e.copy_to_slice(&mut comm);
+        let source = TaskSource::from_u8(e.get_u8()).unwrap_or(TaskSource::Unknown);
+        out.push(TaskEntry { ts, tid, pid, comm: Comm(comm), source });
+    }
+    Ok(())
+}
+
+/// The fields of a chunk's header, checked against the format's limits.
+struct ChunkHeader {
+    kind: u8,
+    flags: u8,
+    stored_len: u32,
+    raw_len: u32,
+    crc: u32,
+}
+
+impl ChunkHeader {
+    fn parse(head: &[u8; CHUNK_HEADER_LEN]) -> Result<ChunkHeader, String> {
+        if head[..4] != CHUNK_MAGIC {
+            return Err("no chunk starts here (bad chunk magic)".into());
+        }
+        let mut h = &head[4..];
+        let (kind, flags, reserved) = (h.get_u8(), h.get_u8(), h.get_u16_le());
+        let (stored_len, raw_len, crc) = (h.get_u32_le(), h.get_u32_le(), h.get_u32_le());
+        if reserved != 0 {
+            return Err(format!("chunk header has reserved bits set ({reserved:#06x})"));
+        }
+        if stored_len > MAX_CHUNK_LEN || raw_len > MAX_CHUNK_LEN {
+            return Err(format!(
+                "chunk claims {stored_len} stored / {raw_len} raw bytes; the limit is {MAX_CHUNK_LEN}"
+            ));
+        }
+        if flags & CHUNK_COMPRESSED != 0 && raw_len as u64 > stored_len as u64 * LZ4_MAX_RATIO + 64 {
+            return Err(format!(
+                "chunk claims {stored_len} compressed bytes decompress to {raw_len}, more than lz4 can"
+            ));
+        }
+        Ok(ChunkHeader { kind, flags, stored_len, raw_len, crc })
+    }
+}
+
+/// What a trace says before its events are read: when the recording started and ended (the end
+/// marker's time, or the newest event of the last whole events chunk if later), and its task
+/// table.
+/// Found by walking the chunk headers, decoding only the small chunks. For analyses that lay
+/// time out, or need names, before their one pass over the events (the heat map).
+#[derive(Clone, Debug)]
+pub struct Prescan {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tasks: Vec<TaskEntry>,
+}
+
+/// The [`Prescan`] of the trace at `path`.
+pub fn prescan(path: &Path) -> Result<Prescan, TraceError> {
+    let mut file = File::open(path).map_err(|e| TraceError::io(path, e))?;
+    let len = file.metadata().map_err(|e| TraceError::io(path, e))?.len();
+    prescan_of(&mut BufReader::new(&mut file), path, len)
+}
+
+/// [`prescan`] of a source of `len` bytes named `path` in errors.
+pub fn prescan_of<R: Read + std::io::Seek>(
+    file: &mut R,
+    path: &Path,
+    len: u64,
+) -> Result<Prescan, TraceError> {
+    use std::io::SeekFrom;
+    let reader = TraceReader::new(&mut *file, path, len)?;
+    let (start, mut offset) = (reader.info().start_ns, reader.offset);
+    drop(reader);
+    let corrupt = |offset: u64, what: String| TraceError::Corrupt { path: path.to_path_buf(), offset, what };
+    let (mut end_marker, mut last_events, mut tasks) = (None, None, Vec::new());
+    loop {
+        let mut head = [0u8; CHUNK_HEADER_LEN];
+        file.seek(SeekFrom::Start(offset)).map_err(|e| TraceError::io(path, e))?;
+        if read_full(file, &mut head).map_err(|e| TraceError::io(path, e))? < CHUNK_HEADER_LEN {
+            break;
+        }
+        let h = ChunkHeader::parse(&head).map_err(|what| corrupt(offset, what))?;
+        let body = offset + CHUNK_HEADER_LEN as u64;
+        if body + h.stored_len as u64 > len {
+            break; // cut off: the reader says so when it gets there
+        }
+        let wanted = [ChunkKind::End as u8, ChunkKind::Events as u8, ChunkKind::Tasks as u8];
+        if wanted.contains(&h.kind) {
+            let mut stored = vec![0u8; h.stored_len as usize];
+            read_full(file, &mut stored).map_err(|e| TraceError::io(path, e))?;
+            if h.kind == ChunkKind::Events as u8 {
+                last_events = Some((h.flags, h.raw_len, offset, stored));
+            } else {
+                let stored = super::decode::Stored {
+                    kind: h.kind,
+                    flags: h.flags,
+                    raw_len: h.raw_len,
+                    offset,
+                    bytes: stored,
+                };
+                // A chunk that does not decode is the reader's to report, when it gets there.
+                if let Ok(p) = super::decode::decode(stored, Vec::new(), Vec::new()).payload {
+                    if h.kind == ChunkKind::End as u8 {
+                        end_marker = serde_json::from_slice::<EndInfo>(&p).ok().map(|e| e.end_ns);
+                    } else {
+                        let _ = parse_tasks(&p, &mut tasks);
+                    }
+                }
+            }
+        }
+        offset = body + h.stored_len as u64;
+    }
+    // The newest event of the last events chunk, and the end marker's time when there is one.
+    let newest = last_events.and_then(|(flags, raw_len, offset, bytes)| {
+        let stored = super::decode::Stored { kind: ChunkKind::Events as u8, flags, raw_len, offset, bytes };
+        let records = super::decode::decode(stored, Vec::new(), Vec::new()).payload.ok()?;
+        let mut newest = 0;
+        let mut at = &records[..];
+        while let Ok(d) = decode(at) {
+            let size = match d {
+                Decoded::Event(e, size) => {
+                    newest = newest.max(e.ts);
+                    size
+                }
+                Decoded::Unknown { size, .. } => size,
+            };
+            at = &at[size..];
+        }
+        Some(newest)
+    });
+    let end = end_marker.into_iter().chain(newest).max().unwrap_or(start);
+    Ok(Prescan { start_ns: start, end_ns: end.max(start), tasks })
+}
+
+/// Worker threads decoding chunks: one per CPU (`SCHED_TRACE_READER_THREADS` overrides; 1
+/// decodes on the reading thread).
+fn decode_threads() -> usize {
+    std::env::var("SCHED_TRACE_READER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Reads until `buf` is full or the source ends; returns the bytes read.

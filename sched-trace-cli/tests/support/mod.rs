@@ -182,3 +182,43 @@ pub fn record_refrt(dir: &Path, workload: &str, extra: &[&str]) -> (PathBuf, Pat
     assert!(o.status.success(), "recording {workload}: {}", stderr(&o));
     (trace, log)
 }
+
+/// Headless Chromium (Debian's `chromium`, installed by `cargo xtask setup`), with the flags
+/// this machine kind needs (no sandbox as root, no GPU, no network of its own). Missing: the
+/// test is skipped locally and fails on CI.
+pub fn chromium() -> Option<Command> {
+    let exe = std::env::var_os("SCHED_TRACE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    if !exe.exists() {
+        let why = format!("{} is missing (run `cargo xtask setup`)", exe.display());
+        if std::env::var_os("CI").is_some() {
+            panic!("{why}");
+        }
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let profile = std::env::temp_dir().join(format!("sched-trace-chromium-{}", std::process::id()));
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--no-first-run",
+        "--window-size=1300,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    Some(cmd)
+}
+
+/// Where tests keep what a person should look at after a run (screenshots): CI keeps the
+/// directory as an artefact.
+pub fn artefacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artefacts");
+    std::fs::create_dir_all(&dir).expect("creating target/test-artefacts");
+    dir
+}

@@ -1,0 +1,142 @@
+//! The selection every analysis takes — `report`, `export`, `heatmap`, `flamegraph` — from the
+//! same flags: processes, threads, user tasks, CPUs, names, and a window of time in seconds from
+//! the start of the recording. One type, so that a selection made in one command (a heat map's
+//! rectangle) is the same selection in another (that rectangle's flame graph).
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use crate::{
+    correlate::{Sample, TaskStats, Window},
+    trace::TaskNames,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    /// A user task id (with `pid` when several processes have one).
+    pub task: Option<u64>,
+    pub cpu: Option<u16>,
+    /// A thread name, or the name of a process (all its threads).
+    pub comm: Option<String>,
+    /// Seconds from the start of the recording.
+    pub from_s: Option<f64>,
+    pub to_s: Option<f64>,
+}
+
+impl Filter {
+    /// The time window, in the trace's clock, of a recording that started at `start_ns`.
+    pub fn window(&self, start_ns: u64) -> Window {
+        let at = |s: f64| start_ns.saturating_add((s.max(0.0) * 1e9).min(u64::MAX as f64) as u64);
+        Window { from: self.from_s.map_or(0, at), to: self.to_s.map_or(u64::MAX, at) }
+    }
+
+    /// Whether thread `tid` of process `pid` is selected (CPUs and times aside).
+    pub fn thread(&self, tid: u32, pid: u32, names: &TaskNames) -> bool {
+        self.pid.is_none_or(|p| p == pid) && self.tid.is_none_or(|t| t == tid) && self.named(tid, pid, names)
+    }
+
+    /// Whether a user task is selected: its process, its id, and a thread it ran on.
+    pub fn task(&self, t: &TaskStats, names: &TaskNames) -> bool {
+        self.pid.is_none_or(|p| p == t.pid)
+            && self.task.is_none_or(|id| id == t.task)
+            && self.tid.is_none_or(|tid| t.run_intervals.iter().any(|r| r.tid == tid))
+            && (self.comm.is_none()
+                || self.named(t.pid, t.pid, names)
+                || t.run_intervals.iter().any(|r| self.named(r.tid, t.pid, names)))
+    }
+
+    fn named(&self, tid: u32, pid: u32, names: &TaskNames) -> bool {
+        match &self.comm {
+            None => true,
+            Some(c) => names.display(tid) == *c || names.display(pid) == *c,
+        }
+    }
+
+    /// Whether nothing but the time is restricted.
+    pub fn selects_everything(&self) -> bool {
+        self.pid.is_none()
+            && self.tid.is_none()
+            && self.task.is_none()
+            && self.cpu.is_none()
+            && self.comm.is_none()
+    }
+
+    /// The command-line flags that make this selection.
+    pub fn args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut flag = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push(format!("--{name}"));
+                out.push(v);
+            }
+        };
+        flag("pid", self.pid.map(|v| v.to_string()));
+        flag("tid", self.tid.map(|v| v.to_string()));
+        flag("task", self.task.map(|v| v.to_string()));
+        flag("cpu", self.cpu.map(|v| v.to_string()));
+        flag("comm", self.comm.clone());
+        flag("from", self.from_s.map(seconds));
+        flag("to", self.to_s.map(seconds));
+        out
+    }
+}
+
+/// Seconds as the flags take them: to the nanosecond, without trailing zeros.
+pub fn seconds(s: f64) -> String {
+    let text = format!("{s:.9}");
+    let text = text.trim_end_matches('0');
+    text.strip_suffix('.').map(|t| format!("{t}.0")).unwrap_or_else(|| text.to_string())
+}
+
+/// A [`Filter`] applied to samples in a hot loop: names are looked up once per thread.
+pub struct SampleFilter<'a> {
+    filter: &'a Filter,
+    names: &'a TaskNames,
+    named: FxHashMap<(u32, u32), bool>,
+}
+
+impl<'a> SampleFilter<'a> {
+    pub fn new(filter: &'a Filter, names: &'a TaskNames) -> Self {
+        SampleFilter { filter, names, named: FxHashMap::default() }
+    }
+
+    /// Whether `s` is selected (the window is the correlation's to apply).
+    pub fn keep(&mut self, s: &Sample) -> bool {
+        let f = self.filter;
+        if f.pid.is_some_and(|p| p != s.pid)
+            || f.tid.is_some_and(|t| t != s.tid)
+            || f.cpu.is_some_and(|c| c != s.cpu)
+            || f.task.is_some_and(|t| s.task != Some(t))
+        {
+            return false;
+        }
+        if f.comm.is_none() {
+            return true;
+        }
+        let (filter, names) = (self.filter, self.names);
+        *self.named.entry((s.tid, s.pid)).or_insert_with(|| filter.named(s.tid, s.pid, names))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_flags_say_the_same_selection() {
+        let f = Filter { pid: Some(7), from_s: Some(2.0), to_s: Some(3.5), ..Default::default() };
+        assert_eq!(f.window(1_000), Window { from: 2_000_001_000, to: 3_500_001_000 });
+        assert_eq!(f.args(), ["--pid", "7", "--from", "2.0", "--to", "3.5"]);
+        assert_eq!(Filter::default().window(5), Window::ALL);
+        assert_eq!(
+            (seconds(0.25), seconds(1.0), seconds(12.000125)),
+            ("0.25".into(), "1.0".into(), "12.000125".into())
+        );
+        assert!(
+            !f.selects_everything()
+                && Filter { from_s: Some(1.0), ..Default::default() }.selects_everything()
+        );
+    }
+}
