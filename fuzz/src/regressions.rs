@@ -41,6 +41,7 @@ pub fn all() -> Vec<(&'static str, Vec<u8>)> {
         ("regress-drops-zero-slots.trace", drops_zero_slots()),
         ("regress-huge-task-id.trace", huge_task_id()),
         ("regress-probe-ip-overflow.trace", probe_ip_overflow()),
+        ("regress-start-at-end-of-time.trace", start_at_end_of_time()),
     ]
 }
 
@@ -94,4 +95,13 @@ fn probe_ip_overflow() -> Vec<u8> {
     events.extend(probe);
     events.extend(syn::wake(kind::WAKEUP, 4_000, 1, W, P));
     file(&info(Vec::new()), &[(ChunkKind::Events, events)])
+}
+
+/// A recording that claims to start at the last nanosecond of the clock: the heat map's window
+/// end, one past the start, overflowed.
+fn start_at_end_of_time() -> Vec<u8> {
+    let mut facts = info(Vec::new());
+    facts.start_ns = u64::MAX;
+    let events = syn::switch(u64::MAX, 0, (0, 0), P, 0, false);
+    file(&facts, &[(ChunkKind::Events, events)])
 }

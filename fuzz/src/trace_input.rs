@@ -2,13 +2,14 @@
 //! decoded), mutated field by field, record by record and chunk by chunk, put back together with
 //! every length, checksum, compression and column layout redone, and run through everything that
 //! reads a trace: the reader, the correlation (with and without timelines), the report (text,
-//! JSON, filtered), the export (Perfetto, Chrome JSON) and the dump.
+//! JSON, filtered), the export (Perfetto, Chrome JSON), the heat maps, the flame graphs and the
+//! dump.
 
 use std::{io::Cursor, mem::offset_of, path::Path};
 
 use sched_trace::{
     correlate::{self, Metric},
-    export, heatmap,
+    export, flamegraph, heatmap,
     report::{self, Filter, Report},
     trace::{
         self, TraceReader, columnar,
@@ -18,6 +19,7 @@ use sched_trace::{
     },
 };
 use sched_trace_abi::{RecordHeader, kind};
+use sched_trace_flamegraph::FlameKind;
 use serde_json::Value;
 
 use crate::{Outcome, Rng, Target};
@@ -98,6 +100,30 @@ pub fn analyse(input: &[u8]) -> Outcome {
                 let _ = heatmap::json::to_value(&h);
             }
         }
+    }
+    // Flame graphs: every kind once in a while, grouped and weighed every way, drawn. Without
+    // opening binaries (the paths in a fuzzed trace name whatever they like).
+    let kinds = [FlameKind::OnCpu, FlameKind::OffCpu, FlameKind::Wakeup, FlameKind::OffWake];
+    let groups = [
+        flamegraph::GroupBy::Task,
+        flamegraph::GroupBy::Thread,
+        flamegraph::GroupBy::Process,
+        flamegraph::GroupBy::None,
+    ];
+    let mut spec = flamegraph::Spec::new(kinds[input.len() % 4]);
+    spec.group_by = groups[(input.len() / 4) % 4];
+    spec.read_binaries = false;
+    if input.len().is_multiple_of(3) {
+        spec.weight = flamegraph::Weight::Samples;
+    }
+    if input.len().is_multiple_of(5) {
+        spec.selection = Some((Metric::ALL[input.len() % Metric::COUNT], (1_000, 10_000_000)));
+    }
+    if let Ok(f) =
+        open().map_err(flamegraph::FlameError::from).and_then(|r| flamegraph::build_from(r, path, &spec, &[]))
+    {
+        let mut svg = Vec::new();
+        let _ = sched_trace_flamegraph::render(&f.lines, f.kind, &f.title, Some(&f.subtitle), &mut svg);
     }
     // What `dump` prints.
     if let Ok(mut r) = open() {

@@ -104,11 +104,16 @@ impl<'a> SampleFilter<'a> {
 
     /// Whether `s` is selected (the window is the correlation's to apply).
     pub fn keep(&mut self, s: &Sample) -> bool {
+        self.keep_at(s.pid, s.tid, s.cpu, s.task)
+    }
+
+    /// Whether something of thread `tid` of `pid`, on `cpu`, while `task` ran, is selected.
+    pub fn keep_at(&mut self, pid: u32, tid: u32, cpu: u16, task: Option<u64>) -> bool {
         let f = self.filter;
-        if f.pid.is_some_and(|p| p != s.pid)
-            || f.tid.is_some_and(|t| t != s.tid)
-            || f.cpu.is_some_and(|c| c != s.cpu)
-            || f.task.is_some_and(|t| s.task != Some(t))
+        if f.pid.is_some_and(|p| p != pid)
+            || f.tid.is_some_and(|t| t != tid)
+            || f.cpu.is_some_and(|c| c != cpu)
+            || f.task.is_some_and(|t| task != Some(t))
         {
             return false;
         }
@@ -116,7 +121,7 @@ impl<'a> SampleFilter<'a> {
             return true;
         }
         let (filter, names) = (self.filter, self.names);
-        *self.named.entry((s.tid, s.pid)).or_insert_with(|| filter.named(s.tid, s.pid, names))
+        *self.named.entry((tid, pid)).or_insert_with(|| filter.named(tid, pid, names))
     }
 }
 

@@ -6,11 +6,13 @@
 //! - [`correlate`]: per-thread (and per-task) timelines rebuilt from a trace;
 //! - [`report`]: numbers per thread, process, user task and CPU, as text or JSON;
 //! - [`heatmap`]: latency heat maps (time × latency × count) as SVG, HTML, terminal or JSON;
+//! - [`flamegraph`]: the trace's stacks joined with tasks and waits, drawn as flame graphs;
 //! - [`export`]: the correlated timelines as tracks for Perfetto or the Chrome trace viewer.
 
 pub mod correlate;
 pub mod export;
 pub mod filter;
+pub mod flamegraph;
 pub mod heatmap;
 pub mod record;
 pub mod report;

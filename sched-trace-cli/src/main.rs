@@ -14,12 +14,13 @@ use sched_trace::{
     correlate::{self, Metric},
     export,
     filter::Filter,
-    heatmap,
-    record::{self, RecordOptions},
+    flamegraph, heatmap,
+    record::{self, RecordOptions, StackOptions},
     report::{self, Report},
     trace::TraceReader,
     units,
 };
+use sched_trace_flamegraph::FlameKind;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,17 @@ enum Command {
         /// Attach no USDT probe (kernel scheduler events only).
         #[arg(long, conflicts_with = "usdt")]
         no_usdt: bool,
+        /// Stacks to capture, comma-separated: `oncpu` (CPU-clock samples of the traced
+        /// threads), `offcpu` (at every switch-out), `wakeup` (the waker's, at every wake-up),
+        /// or `none`. A stack walk at every switch costs: see BENCHMARKS.md.
+        #[arg(long, default_value = "oncpu", value_parser = parse_stacks)]
+        stacks: StackKinds,
+        /// CPU samples per second on each CPU (with `--stacks oncpu`).
+        #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        sample_hz: u64,
+        /// Distinct stacks the kernel's stack map holds (a stack beyond it is counted, not kept).
+        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
+        stack_map_entries: u32,
         /// The command to start and trace.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -132,6 +144,38 @@ enum Command {
         #[arg(long, value_name = "OTHER", conflicts_with = "per")]
         diff: Option<PathBuf>,
     },
+    /// Draw a flame graph of the trace's stacks: where threads ran (oncpu), where and why they
+    /// waited (offcpu), who woke them (wakeup), or both (offwake); grouped by user task, thread
+    /// or process at the root.
+    Flamegraph {
+        /// The trace file.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "oncpu")]
+        kind: FlameKindArg,
+        /// SVG file to write (with --folded: the folded stacks; standard output if not given).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Write folded stacks (FlameGraph/inferno format) instead of an SVG.
+        #[arg(long)]
+        folded: bool,
+        /// What the root frames name.
+        #[arg(long, value_enum, default_value = "task")]
+        group_by: GroupByArg,
+        /// On-CPU weights: each group's exact on-CPU time split by its samples, or the samples.
+        #[arg(long, value_enum, default_value = "time")]
+        weight: WeightArg,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only the waits of this metric (with --latency): a heat map's rectangle.
+        #[arg(long, value_enum, requires = "latency")]
+        metric: Option<MetricArg>,
+        /// Their lengths, e.g. 1ms..10ms.
+        #[arg(long, value_parser = units::parse_latency_range, requires = "metric")]
+        latency: Option<(u64, u64)>,
+        /// A differential flame graph against OTHER: red where this trace has more.
+        #[arg(long, value_name = "OTHER")]
+        diff: Option<PathBuf>,
+    },
     /// Record a demo workload and write its trace and report into a directory.
     Demo {
         /// Directory for the trace and the report.
@@ -186,6 +230,28 @@ impl MetricArg {
             MetricArg::CfsStolen => Metric::CfsStolen,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FlameKindArg {
+    Oncpu,
+    Offcpu,
+    Wakeup,
+    Offwake,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum GroupByArg {
+    Task,
+    Thread,
+    Process,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum WeightArg {
+    Time,
+    Samples,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -258,7 +324,19 @@ impl FilterArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Record { pids, output, duration, ring_buffer_size, quiet, usdt, no_usdt, command } => {
+        Command::Record {
+            pids,
+            output,
+            duration,
+            ring_buffer_size,
+            quiet,
+            usdt,
+            no_usdt,
+            stacks,
+            sample_hz,
+            stack_map_entries,
+            command,
+        } => {
             if !pids.is_empty() && !command.is_empty() {
                 eprintln!("error: give either --pid or a command, not both");
                 return ExitCode::from(2);
@@ -274,6 +352,12 @@ fn main() -> ExitCode {
                 command_line: std::env::args().collect(),
                 usdt_binaries: usdt,
                 usdt: !no_usdt,
+                stacks: StackOptions {
+                    oncpu_hz: stacks.oncpu.then_some(sample_hz),
+                    offcpu: stacks.offcpu,
+                    wakeup: stacks.wakeup,
+                    map_entries: stack_map_entries,
+                },
             };
             run_record(opts)
         }
@@ -318,6 +402,39 @@ fn main() -> ExitCode {
             (spec.sub_buckets, spec.column_width_ns, spec.columns, spec.latency_range) =
                 (sub_buckets, column_width, columns, latency_range);
             run_heatmap(&file, &spec, output.as_deref(), format, diff.as_deref())
+        })()
+        .map(|()| 0),
+        Command::Flamegraph {
+            file,
+            kind,
+            output,
+            folded,
+            group_by,
+            weight,
+            filter,
+            metric,
+            latency,
+            diff,
+        } => (|| {
+            let mut spec = flamegraph::Spec::new(match kind {
+                FlameKindArg::Oncpu => FlameKind::OnCpu,
+                FlameKindArg::Offcpu => FlameKind::OffCpu,
+                FlameKindArg::Wakeup => FlameKind::Wakeup,
+                FlameKindArg::Offwake => FlameKind::OffWake,
+            });
+            spec.group_by = match group_by {
+                GroupByArg::Task => flamegraph::GroupBy::Task,
+                GroupByArg::Thread => flamegraph::GroupBy::Thread,
+                GroupByArg::Process => flamegraph::GroupBy::Process,
+                GroupByArg::None => flamegraph::GroupBy::None,
+            };
+            spec.weight = match weight {
+                WeightArg::Time => flamegraph::Weight::Time,
+                WeightArg::Samples => flamegraph::Weight::Samples,
+            };
+            spec.filter = filter.filter()?;
+            spec.selection = metric.zip(latency).map(|(m, l)| (m.metric(), l));
+            run_flamegraph(&file, &spec, output.as_deref(), folded, diff.as_deref())
         })()
         .map(|()| 0),
         Command::Demo { output, workload } => run_demo(&output, &workload),
@@ -520,6 +637,82 @@ fn run_heatmap(
     }
 }
 
+fn run_flamegraph(
+    file: &Path,
+    spec: &flamegraph::Spec,
+    output: Option<&Path>,
+    folded: bool,
+    diff: Option<&Path>,
+) -> Result<()> {
+    let load = |f: &Path| {
+        flamegraph::build(f, spec).with_context(|| format!("drawing a flame graph of {}", f.display()))
+    };
+    let flame = load(file)?;
+    let mut body = Vec::new();
+    if folded {
+        body = sched_trace_flamegraph::fold::to_text(&flame.lines).into_bytes();
+    } else {
+        anyhow::ensure!(output.is_some(), "a flame graph is an SVG: give -o FILE.svg (or --folded for text)");
+        match diff {
+            Some(other) => {
+                let before = load(other)?;
+                let title = format!("{} against {}", flame.title, other.display());
+                sched_trace_flamegraph::render_diff(
+                    &before.lines,
+                    &flame.lines,
+                    flame.kind,
+                    &title,
+                    Some(&flame.subtitle),
+                    &mut body,
+                )
+            }
+            None => render_svg(&flame, &mut body),
+        }
+        .context("drawing the flame graph")?;
+    }
+    let s = flame.symbols;
+    let named = if s.frames == 0 { 100.0 } else { s.resolved as f64 * 100.0 / s.frames as f64 };
+    match output {
+        Some(path) => {
+            std::fs::write(path, &body).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "sched-trace: wrote {}: {} stacks drawn, {} distinct, {named:.0}% of frames named{}",
+                path.display(),
+                units::count(flame.stacks.drawn),
+                units::count(flame.lines.len() as u64),
+                unnamed_note(&s)
+            );
+            Ok(())
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let written = out.write_all(&body).and_then(|()| out.flush());
+            written.or_else(|e| stdout_closed_or(e, "the folded stacks"))
+        }
+    }
+}
+
+/// A flame graph as inferno draws it.
+fn render_svg(flame: &flamegraph::Flame, out: &mut Vec<u8>) -> std::io::Result<()> {
+    sched_trace_flamegraph::render(&flame.lines, flame.kind, &flame.title, Some(&flame.subtitle), out)
+}
+
+/// Why frames were not named, when some were not.
+fn unnamed_note(s: &sched_trace_flamegraph::SymbolStats) -> String {
+    let mut why = Vec::new();
+    for (n, what) in [
+        (s.no_mapping, "outside every recorded mapping"),
+        (s.no_file, "in files no longer there"),
+        (s.other_build, "in files rebuilt since"),
+        (s.no_symbol, "without a symbol"),
+    ] {
+        if n > 0 {
+            why.push(format!("{} {what}", units::count(n)));
+        }
+    }
+    if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) }
+}
+
 /// The reference runtime's workloads (`refrt list`).
 const RUNTIME_WORKLOADS: &[&str] =
     &["pingpong", "netpoll", "imbalance", "cfs-contention", "blocking-syscall", "mixed"];
@@ -563,6 +756,8 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         command_line: std::env::args().collect(),
         usdt_binaries: Vec::new(),
         usdt: true,
+        // The demo's flame graphs: where tasks ran, and where they waited.
+        stacks: StackOptions { offcpu: true, wakeup: true, ..RecordOptions::DEFAULT_STACKS },
     })?;
     let report = load_report(&trace, &Filter::default())?;
     let text = report::text::render(&report, 30);
@@ -594,12 +789,24 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
             maps.push(path.display().to_string());
         }
     }
+    // Where each task (or thread) spent its CPU time, and where it waited.
+    let mut flames = Vec::new();
+    for kind in [FlameKind::OnCpu, FlameKind::OffCpu] {
+        let flame = flamegraph::build(&trace, &flamegraph::Spec::new(kind))
+            .with_context(|| format!("drawing the {} flame graph of {}", kind.name(), trace.display()))?;
+        let mut svg = Vec::new();
+        render_svg(&flame, &mut svg).context("drawing the flame graph")?;
+        let path = dir.join(format!("flamegraph-{}.svg", kind.name()));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        flames.push(path.display().to_string());
+    }
     eprintln!(
-        "sched-trace demo: wrote {}, {}, {}, the heat maps {} and the workload's own log {}",
+        "sched-trace demo: wrote {}, {}, {}, the heat maps {}, the flame graphs {} and the workload's own log {}",
         trace.display(),
         txt.display(),
         json.display(),
         maps.join(", "),
+        flames.join(", "),
         ground_truth.display()
     );
     Ok(code)
@@ -646,6 +853,28 @@ fn stdout_closed_or(e: std::io::Error, what: &str) -> Result<()> {
         return Ok(());
     }
     Err(e).with_context(|| format!("writing {what} to standard output"))
+}
+
+/// Which stacks `--stacks` asks for.
+#[derive(Clone, Copy, Debug, Default)]
+struct StackKinds {
+    oncpu: bool,
+    offcpu: bool,
+    wakeup: bool,
+}
+
+fn parse_stacks(s: &str) -> Result<StackKinds, String> {
+    let mut k = StackKinds::default();
+    for part in s.split(',').map(str::trim) {
+        match part {
+            "oncpu" => k.oncpu = true,
+            "offcpu" => k.offcpu = true,
+            "wakeup" => k.wakeup = true,
+            "none" => {}
+            other => return Err(format!("`{other}` is not a kind of stack (oncpu, offcpu, wakeup, none)")),
+        }
+    }
+    Ok(k)
 }
 
 /// Parses `4096`, `64KiB`, `32MiB`, `1GiB` (also K, M, G, KB, MB, GB as powers of two).

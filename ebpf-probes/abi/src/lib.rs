@@ -11,7 +11,15 @@
 #![no_std]
 
 /// Bumped whenever a record layout or a kind's meaning changes.
-pub const ABI_VERSION: u16 = 2;
+pub const ABI_VERSION: u16 = 3;
+
+/// The oldest ABI version readers still decode (see [`legacy_record_size`]).
+pub const OLDEST_ABI_VERSION: u16 = 2;
+
+/// A stack id field with no stack captured (stack capture off for that record). Other negative
+/// values are the `-errno` `bpf_get_stackid` returned (`-EEXIST`: a hash collision in the stack
+/// map, `-ENOMEM`: the map is full, `-EFAULT`: the stack could not be read).
+pub const NO_STACK: i32 = -1;
 
 /// Length of a kernel `comm` (TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -44,8 +52,12 @@ pub mod kind {
     pub const USER_TASK: u8 = 12;
     /// A CPU-clock stack sample ([`super::CpuSampleRecord`]).
     pub const CPU_SAMPLE: u8 = 13;
+    /// An `mmap` with `PROT_EXEC` returned in a traced process: a new executable mapping
+    /// ([`super::MmapRecord`]). Only with stacks on: it tells the recorder to read the process's
+    /// mappings again.
+    pub const MMAP_EXEC: u8 = 14;
     /// One more than the largest kind: the size of per-kind tables.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 }
 
 /// Bits of [`RecordHeader::flags`] for [`kind::SWITCH`].
@@ -93,6 +105,9 @@ pub mod drop_slot {
     pub const COUNT: u32 = super::kind::COUNT as u32;
 }
 
+/// Deepest stack the stack map holds (`PERF_MAX_STACK_DEPTH`); a stack this deep may be cut.
+pub const MAX_STACK_DEPTH: usize = 127;
+
 /// Names of maps and globals shared by both sides.
 pub mod names {
     /// The ring buffer every record goes through.
@@ -105,6 +120,8 @@ pub mod names {
     pub const USDT_SPECS_MAP: &str = "USDT_SPECS";
     /// Set of traced process ids (tgid → 1) when the filter is on.
     pub const TRACED_PIDS_MAP: &str = "TRACED_PIDS";
+    /// The stack map (`BPF_MAP_TYPE_STACK_TRACE`): stack id → frames.
+    pub const STACKS_MAP: &str = "STACKS";
 }
 
 /// Common header of every record: 24 bytes.
@@ -153,6 +170,10 @@ pub struct SwitchRecord {
     /// accounted in: vruntimes compare only within one. 0 when not known.
     pub prev_cfs_rq: u64,
     pub next_cfs_rq: u64,
+    /// The outgoing thread's user and kernel stacks as it switched out (ids in the stack map;
+    /// [`NO_STACK`] when off-CPU stacks are not recorded; ABI 3).
+    pub prev_user_stack: i32,
+    pub prev_kernel_stack: i32,
 }
 
 /// `sched_waking`, `sched_wakeup` and `sched_wakeup_new`. The header's thread is the context the
@@ -170,6 +191,10 @@ pub struct WakeRecord {
     pub target_vruntime: u64,
     /// Its `se.cfs_rq` (see [`SwitchRecord::prev_cfs_rq`]).
     pub target_cfs_rq: u64,
+    /// The waker's user and kernel stacks (`sched_waking` with wake-up stacks on; else
+    /// [`NO_STACK`]; ABI 3).
+    pub waker_user_stack: i32,
+    pub waker_kernel_stack: i32,
 }
 
 /// `sched_migrate_task`.
@@ -256,15 +281,26 @@ pub struct UserTaskRecord {
 /// Number of arguments a [`UserTaskRecord`] carries.
 pub const USER_TASK_ARGS: usize = 5;
 
-/// A CPU-clock sample with kernel-walked stacks (ids into the trace's stack table, -1 = none).
+/// A CPU-clock sample of a traced thread with kernel-walked stacks (ids into the stack map;
+/// see [`NO_STACK`]). Which user task ran is the correlation's to tell.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuSampleRecord {
     pub header: RecordHeader,
     pub user_stack: i32,
     pub kernel_stack: i32,
-    /// The user-level task running on the thread, 0 if unknown.
-    pub user_task: u64,
+    /// The sampled user instruction pointer (the leaf of the user stack, when it was in user
+    /// mode; 0 otherwise).
+    pub user_ip: u64,
+}
+
+/// A new executable mapping of `len` bytes at `addr` (see [`kind::MMAP_EXEC`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmapRecord {
+    pub header: RecordHeader,
+    pub addr: u64,
+    pub len: u64,
 }
 
 /// How one USDT argument is read, from its SystemTap operand (`-8@%rdi`, `4@$5`, `8@-16(%rbp)`).
@@ -321,12 +357,23 @@ pub const fn record_size(kind: u8) -> Option<usize> {
         kind::EPOLL_EXIT => size_of::<EpollExitRecord>(),
         kind::USER_TASK => size_of::<UserTaskRecord>(),
         kind::CPU_SAMPLE => size_of::<CpuSampleRecord>(),
+        kind::MMAP_EXEC => size_of::<MmapRecord>(),
         _ => return None,
     })
 }
 
+/// The size a kind's record had in an older ABI version (files of that version are read), or
+/// `None` when it did not change.
+pub const fn legacy_record_size(abi: u16, kind: u8) -> Option<usize> {
+    match (abi, kind) {
+        (2, kind::SWITCH) => Some(88),
+        (2, kind::WAKING | kind::WAKEUP | kind::WAKEUP_NEW) => Some(56),
+        _ => None,
+    }
+}
+
 /// The largest record of this ABI version.
-pub const MAX_RECORD_SIZE: usize = 88;
+pub const MAX_RECORD_SIZE: usize = 96;
 
 // The layouts are the contract: fail the build of either side if they drift.
 const _: () = {
@@ -338,8 +385,8 @@ const _: () = {
     assert!(offset_of!(RecordHeader, tid) == 12);
     assert!(offset_of!(RecordHeader, pid) == 16);
     assert!(offset_of!(RecordHeader, flags) == 20);
-    assert!(size_of::<SwitchRecord>() == 88);
-    assert!(size_of::<WakeRecord>() == 56);
+    assert!(size_of::<SwitchRecord>() == 96);
+    assert!(size_of::<WakeRecord>() == 64);
     assert!(size_of::<MigrateRecord>() == 40);
     assert!(size_of::<ForkRecord>() == 48);
     assert!(size_of::<ExecRecord>() == 48);
@@ -349,6 +396,7 @@ const _: () = {
     assert!(size_of::<EpollExitRecord>() == 32);
     assert!(size_of::<UserTaskRecord>() == 80);
     assert!(size_of::<CpuSampleRecord>() == 40);
+    assert!(size_of::<MmapRecord>() == 40);
     assert!(size_of::<UsdtArg>() == 24);
     assert!(size_of::<UsdtSpec>() == 8 + 24 * USER_TASK_ARGS);
     let mut k = 0;

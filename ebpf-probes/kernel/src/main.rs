@@ -22,16 +22,16 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, map, tracepoint, uprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
+    macros::{btf_tracepoint, map, perf_event, tracepoint, uprobe},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext, BtfTracePointContext, PerfEventContext, ProbeContext, TracePointContext},
     EbpfContext,
 };
 use sched_trace_abi::{
-    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, usdt_arg, waking_flags, EpollEnterRecord,
-    EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, MigrateRecord, RecordHeader,
-    RenameRecord, SwitchRecord, UserTaskRecord, UsdtArg, UsdtSpec, WakeRecord, COMM_LEN,
-    MAX_USDT_PROBES, USER_TASK_ARGS,
+    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, usdt_arg, waking_flags, CpuSampleRecord,
+    EpollEnterRecord, EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, MigrateRecord, RecordHeader,
+    MmapRecord, RenameRecord, SwitchRecord, UserTaskRecord, UsdtArg, UsdtSpec, WakeRecord, COMM_LEN,
+    MAX_USDT_PROBES, NO_STACK, USER_TASK_ARGS,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -51,8 +51,18 @@ static SUBMITTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_slot::CO
 #[map]
 static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
 
+/// Threads inside an `mmap` with `PROT_EXEC` (tid → length asked for), from its entry to its exit.
+#[map]
+static MMAP_EXEC_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
 #[map]
 static USDT_SPECS: Array<UsdtSpec> = Array::with_max_entries(MAX_USDT_PROBES, 0);
+
+/// Stack id → frames, for the CPU samples and the off-CPU and wake-up stacks. Sized by the
+/// loader; a stack whose hash collides with another's is not stored (its record carries
+/// `-EEXIST`, counted by user space).
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
 
 // ---------------------------------------------------------------------------------------------
 // Globals written by the loader before the programs are loaded.
@@ -66,6 +76,12 @@ static FOLLOW_CHILDREN: u8 = 0;
 /// The recorder's own process, never traced.
 #[unsafe(no_mangle)]
 static SELF_PID: u32 = 0;
+/// Capture the outgoing thread's stacks at every switch-out (off-CPU flame graphs).
+#[unsafe(no_mangle)]
+static STACKS_OFFCPU: u8 = 0;
+/// Capture the waker's stacks at every wake-up of a traced thread (wake-up flame graphs).
+#[unsafe(no_mangle)]
+static STACKS_WAKEUP: u8 = 0;
 
 /// `task_struct` field offsets from the running kernel's BTF. An offset of `u32::MAX` means the
 /// field does not exist on this kernel and the value is recorded as 0.
@@ -105,6 +121,17 @@ static EPOLL_MAXEVENTS: u32 = 32;
 static EPOLL_TIMEOUT: u32 = 40;
 #[unsafe(no_mangle)]
 static EPOLL_RET: u32 = 16;
+
+/// Follow executable `mmap`s (when stacks are recorded: their names need the mappings), and the
+/// offsets of the fields of the mmap syscall tracepoints read.
+#[unsafe(no_mangle)]
+static TRACK_MMAP: u8 = 0;
+#[unsafe(no_mangle)]
+static MMAP_LEN: u32 = 24;
+#[unsafe(no_mangle)]
+static MMAP_PROT: u32 = 32;
+#[unsafe(no_mangle)]
+static MMAP_RET: u32 = 16;
 
 #[inline(always)]
 fn global<T: Copy>(g: &'static T) -> T {
@@ -205,6 +232,21 @@ fn current() -> (u32, u32) {
     (id as u32, (id >> 32) as u32)
 }
 
+const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// The current task's user and kernel stack ids (or `-errno`), if `on`.
+#[inline(always)]
+fn stacks<C: StackIdContext>(ctx: &C, on: bool) -> (i32, i32) {
+    if !on {
+        return (NO_STACK, NO_STACK);
+    }
+    let id = |flags| match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(e) => e,
+    };
+    (id(BPF_F_USER_STACK), id(0))
+}
+
 #[inline(always)]
 fn count_drop(slot: u32) {
     if let Some(c) = DROPS.get_ptr_mut(slot) {
@@ -232,13 +274,20 @@ const WAKEUP_CHECK_EVERY: u64 = 32;
 /// of at most 80 bytes is cheap next to it.
 #[inline(always)]
 fn emit<T: 'static>(kind: u8, record: T) {
+    emit_waking(kind, record, false)
+}
+
+/// [`emit`], waking the reader at once when `now` (for rare records it must act on quickly).
+#[inline(always)]
+fn emit_waking<T: 'static>(kind: u8, record: T, now: bool) {
     let submitted = SUBMITTED.get_ptr_mut(kind as u32);
     let count = match submitted {
         Some(c) => unsafe { *c },
         None => 0,
     };
-    let flags = if count % WAKEUP_CHECK_EVERY == WAKEUP_CHECK_EVERY - 1
-        && EVENTS.query(BPF_RB_AVAIL_DATA) >= global(&WAKEUP_BYTES)
+    let flags = if now
+        || (count % WAKEUP_CHECK_EVERY == WAKEUP_CHECK_EVERY - 1
+            && EVENTS.query(BPF_RB_AVAIL_DATA) >= global(&WAKEUP_BYTES))
     {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -285,6 +334,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     } else {
         0
     };
+    // `prev` is the current task: its stacks are the ones the helper walks.
+    let (prev_user_stack, prev_kernel_stack) = stacks(&ctx, prev_traced && global(&STACKS_OFFCPU) != 0);
     emit(
         kind::SWITCH,
         SwitchRecord {
@@ -307,6 +358,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
             prev_user_ip,
             prev_cfs_rq: prev.cfs_rq(),
             next_cfs_rq: next.cfs_rq(),
+            prev_user_stack,
+            prev_kernel_stack,
         },
     );
     0
@@ -361,6 +414,12 @@ fn wake(ctx: &BtfTracePointContext, kind: u8) -> i32 {
     let current = Task(unsafe { bpf_get_current_task_btf() } as u64);
     let (tid, pid) = (current.tid(), current.pid());
     let flags = if kind == kind::WAKING { context_flags(ctx, current) } else { 0 };
+    // The waker's stacks, unless the wake-up ran in interrupt context (then they are the
+    // interrupted task's, not the waker's).
+    let (waker_user_stack, waker_kernel_stack) = stacks(
+        ctx,
+        kind == kind::WAKING && global(&STACKS_WAKEUP) != 0 && flags & waking_flags::IN_IRQ == 0,
+    );
     emit(
         kind,
         WakeRecord {
@@ -371,6 +430,8 @@ fn wake(ctx: &BtfTracePointContext, kind: u8) -> i32 {
             target_prio: p.prio(),
             target_vruntime: if kind == kind::WAKING { 0 } else { p.vruntime() },
             target_cfs_rq: if kind == kind::WAKING { 0 } else { p.cfs_rq() },
+            waker_user_stack,
+            waker_kernel_stack,
         },
     );
     0
@@ -631,6 +692,80 @@ pub fn sys_exit_epoll_pwait(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_epoll_pwait2(ctx: TracePointContext) -> u32 {
     epoll_exit(&ctx, epoll_call::EPOLL_PWAIT2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Executable mmaps: the entry notes that the thread maps code, the exit (when the mapping
+// exists) tells the recorder, at once, so that it reads the process's mappings while the
+// process is alive (ld.so maps a program's libraries right after exec, before any tick).
+
+const PROT_EXEC: u64 = 4;
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    if global(&TRACK_MMAP) == 0 || !current_traced() {
+        return 0;
+    }
+    let prot: u64 = unsafe { ctx.read_at(global(&MMAP_PROT) as usize) }.unwrap_or(0);
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let len: u64 = unsafe { ctx.read_at(global(&MMAP_LEN) as usize) }.unwrap_or(0);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if MMAP_EXEC_PENDING.insert(&tid, &len, 0).is_err() {
+        count_drop(kind::MMAP_EXEC as u32);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    if global(&TRACK_MMAP) == 0 {
+        return 0;
+    }
+    let (tid, pid) = current();
+    let Some(len) = (unsafe { MMAP_EXEC_PENDING.get(&tid) }).copied() else { return 0 };
+    let _ = MMAP_EXEC_PENDING.remove(&tid);
+    let ret: u64 = unsafe { ctx.read_at(global(&MMAP_RET) as usize) }.unwrap_or(u64::MAX);
+    // -4095..-1 is an error number: no mapping.
+    if ret >= (-4095i64) as u64 {
+        return 0;
+    }
+    emit_waking(
+        kind::MMAP_EXEC,
+        MmapRecord {
+            header: header(kind::MMAP_EXEC, core::mem::size_of::<MmapRecord>(), tid, pid, 0),
+            addr: ret,
+            len,
+        },
+        true,
+    );
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU samples: a software cpu-clock perf event on every CPU (attached at the sampling frequency
+// the recorder is given) fires this in the context of whatever runs there.
+
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    let current = Task(unsafe { bpf_get_current_task_btf() } as u64);
+    let (tid, pid) = (current.tid(), current.pid());
+    if tid == 0 || !traced(pid) {
+        return 0;
+    }
+    let (user_stack, kernel_stack) = stacks(&ctx, true);
+    let regs = unsafe { bpf_task_pt_regs(current.0 as *mut _) } as u64;
+    emit(
+        kind::CPU_SAMPLE,
+        CpuSampleRecord {
+            header: header(kind::CPU_SAMPLE, core::mem::size_of::<CpuSampleRecord>(), tid, pid, 0),
+            user_stack,
+            kernel_stack,
+            user_ip: Task(regs).field::<u64>(global(&PT_REGS_IP)),
+        },
+    );
+    0
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,14 +10,18 @@
 //!
 //! usage: sched-trace-testload --ground-truth FILE [--scale N]
 
+mod workload;
+
 use std::{
     fs,
     io::Write,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
+
+use workload::{monotonic_ns, name_thread, pin_to, pipe, read_fd, write_fd};
 
 #[derive(Default, Clone)]
 struct Measured {
@@ -148,11 +152,7 @@ fn main() {
 }
 
 fn start(name: &str) -> Measured {
-    let c = std::ffi::CString::new(name).expect("no NUL");
-    // SAFETY: PR_SET_NAME with a NUL-terminated string.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() } as u32;
+    let tid = name_thread(name);
     Measured { name: name.into(), tid, work_start_ns: monotonic_ns(), ..Default::default() }
 }
 
@@ -335,41 +335,4 @@ fn snapshot(pid: u32, m: &Measured, snapshot_ns: u64, steal_ns: u64) -> String {
         m.work_start_ns,
         m.work_end_ns,
     )
-}
-
-fn pin_to(cpu: usize) {
-    // SAFETY: sched_setaffinity on the calling thread with a zeroed, then filled, cpu set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: writes into a live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh fds owned here.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_fd(fd: &OwnedFd, buf: &[u8]) {
-    // SAFETY: writing from a live buffer.
-    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    assert_eq!(n as usize, buf.len());
-}
-
-fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> usize {
-    // SAFETY: reading into a live buffer.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(n >= 0);
-    n as usize
 }

@@ -112,7 +112,31 @@ impl Correlator {
 
     /// The samples the events so far completed (threads' and tasks').
     pub fn take_samples(&mut self) -> impl Iterator<Item = Sample> + '_ {
-        self.threads.take_samples().chain(self.tasks.take_samples())
+        let (threads, tasks) = (&mut self.threads, &mut self.tasks);
+        // A thread's wait names the task the runtime had on it; a task's stolen time the stacks
+        // its thread was preempted with.
+        let of_threads: Vec<Sample> = threads
+            .take_samples()
+            .map(|mut s| {
+                s.task = tasks.running_task(s.tid);
+                s
+            })
+            .collect();
+        let of_tasks: Vec<Sample> = tasks
+            .take_samples()
+            .map(|mut s| {
+                if s.metric == Metric::CfsStolen {
+                    s.stacks = threads.out_stacks(s.tid);
+                }
+                s
+            })
+            .collect();
+        of_threads.into_iter().chain(of_tasks)
+    }
+
+    /// The user task running on thread `tid` now, as the runtime's probes tell.
+    pub fn task_on(&self, tid: u32) -> Option<u64> {
+        self.tasks.running_task(tid)
     }
 
     /// Takes one event. `probe` names the user-level probe of a `UserTask` event
@@ -142,12 +166,21 @@ impl Correlator {
     }
 
     /// Closes every timeline at `end`.
-    pub fn finish(self, end: u64) -> Finished {
+    pub fn finish(mut self, end: u64) -> Finished {
         let threads = &self.threads;
         let task_anomalies = self.tasks.anomalies();
+        self.tasks.flush_running(end, |tid| threads.state(tid));
+        let on_cpu_in_tasks = self.tasks.on_cpu_in_tasks().clone();
         let tasks = self.tasks.finish(end, |tid| threads.state(tid));
         let (threads, cpus) = self.threads.finish_with_cpus(end);
-        Finished { threads, cpus, tasks, user_probe_hits: self.user_probe_hits, task_anomalies }
+        Finished {
+            threads,
+            cpus,
+            tasks,
+            user_probe_hits: self.user_probe_hits,
+            task_anomalies,
+            on_cpu_in_tasks,
+        }
     }
 }
 
@@ -158,6 +191,8 @@ pub struct Finished {
     pub tasks: Vec<TaskStats>,
     pub user_probe_hits: std::collections::BTreeMap<u32, u64>,
     pub task_anomalies: TaskAnomalies,
+    /// Per thread, its on-CPU time while it ran a user task.
+    pub on_cpu_in_tasks: rustc_hash::FxHashMap<u32, u64>,
 }
 
 /// How to correlate a trace.
@@ -216,7 +251,7 @@ pub fn correlate_with<R: std::io::Read>(
     let info = reader.info().clone();
     let tables = reader.into_tables()?;
     let last_ts = tables.last_ts;
-    let Finished { threads, cpus, tasks, user_probe_hits, task_anomalies } = c.finish(last_ts);
+    let Finished { threads, cpus, tasks, user_probe_hits, task_anomalies, .. } = c.finish(last_ts);
     Ok(Correlation {
         threads,
         cpus,

@@ -98,9 +98,26 @@ pub struct Sample {
     pub pid: u32,
     /// The CPU it ended on ([`NO_CPU`] when not known).
     pub cpu: u16,
-    /// The user task, for task metrics.
+    /// The user task: the one waiting for task metrics; for a thread's wait, the task the
+    /// runtime had running on the thread when it ended, if any.
     pub task: Option<u64>,
+    /// The thread's user and kernel stacks as it switched out to begin this wait (`NO_STACK`
+    /// when not recorded): where it waited.
+    pub stacks: (i32, i32),
+    /// Who ended the wait, when a wake-up did: the waker thread, its process and its stacks.
+    pub waker: Option<SampleWaker>,
 }
+
+/// The waker of a wait (see [`Sample::waker`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleWaker {
+    pub tid: u32,
+    pub pid: u32,
+    pub stacks: (i32, i32),
+}
+
+/// A stack pair that was not recorded.
+pub const NO_STACKS: (i32, i32) = (sched_trace_abi::NO_STACK, sched_trace_abi::NO_STACK);
 
 /// How many samples of each metric a thread or task has (within the window).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -287,6 +287,8 @@ pub struct TaskTracker {
     /// Samples completed so far (kept only when asked for).
     samples: Vec<Sample>,
     emit_samples: bool,
+    /// Per thread, its on-CPU time (inside the window) while running a task.
+    on_cpu_in_tasks: FxHashMap<u32, u64>,
 }
 
 impl TaskTracker {
@@ -321,6 +323,14 @@ impl TaskTracker {
         self
     }
 
+    /// The task running on thread `tid`, if any.
+    pub fn running_task(&self, tid: u32) -> Option<u64> {
+        if self.running.is_empty() {
+            return None;
+        }
+        self.running.get(&tid).map(|((_, task), _)| *task)
+    }
+
     /// Whether any task runs on thread `tid` (cheap, for the hot path).
     pub fn has_running(&self, tid: u32) -> bool {
         !self.running.is_empty() && self.running.contains_key(&tid)
@@ -348,6 +358,9 @@ impl TaskTracker {
             task.run_stolen += dur;
         }
         let inside = task.window.clip(ts - dur, ts);
+        if what == RunSegment::OnCpu {
+            *self.on_cpu_in_tasks.entry(tid).or_default() += inside;
+        }
         let s = &mut task.stats;
         *match what {
             RunSegment::OnCpu => &mut s.on_cpu_ns,
@@ -507,13 +520,23 @@ impl TaskTracker {
         self.anomalies
     }
 
-    /// Closes every task at `end` (running ones through their thread's last state) and returns
-    /// the totals, ordered by process and task id.
-    pub fn finish(mut self, end: u64, state_of: impl Fn(u32) -> ThreadState) -> Vec<TaskStats> {
+    /// Closes every running task's current segment at `end`, through its thread's state.
+    pub fn flush_running(&mut self, end: u64, state_of: impl Fn(u32) -> ThreadState) {
         let tids: Vec<u32> = self.running.keys().copied().collect();
         for tid in tids {
             self.flush(tid, end, state_of(tid), false);
         }
+    }
+
+    /// Per thread, its on-CPU time while running a task (so far).
+    pub fn on_cpu_in_tasks(&self) -> &FxHashMap<u32, u64> {
+        &self.on_cpu_in_tasks
+    }
+
+    /// Closes every task at `end` (running ones through their thread's last state) and returns
+    /// the totals, ordered by process and task id.
+    pub fn finish(mut self, end: u64, state_of: impl Fn(u32) -> ThreadState) -> Vec<TaskStats> {
+        self.flush_running(end, state_of);
         let mut out: Vec<TaskStats> = self
             .tasks
             .into_values()
@@ -551,7 +574,17 @@ impl Task {
             return None;
         }
         self.stats.samples.add(metric);
-        Some(Sample { metric, end, ns, tid, pid: self.stats.pid, cpu: NO_CPU, task: Some(self.stats.task) })
+        Some(Sample {
+            metric,
+            end,
+            ns,
+            tid,
+            pid: self.stats.pid,
+            cpu: NO_CPU,
+            task: Some(self.stats.task),
+            stacks: super::samples::NO_STACKS,
+            waker: None,
+        })
     }
 
     /// Moves to `new` at `ts`, closing the run interval or the timeline span of the state it

@@ -23,7 +23,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::Serialize;
 
-use super::samples::{Metric, Sample, SampleCounts, Window};
+use super::samples::{Metric, NO_STACKS, Sample, SampleCounts, SampleWaker, Window};
 use crate::trace::{Event, EventKind, event::Switch};
 
 /// `TASK_*` state bits (include/linux/sched.h); stable across kernels since 4.14.
@@ -156,8 +156,14 @@ struct Thread {
     stats: ThreadStats,
     state: ThreadState,
     in_epoll: bool,
-    /// Waker named by the last `sched_waking` for this thread, consumed by `sched_wakeup`.
+    /// Waker named by the last `sched_waking` for this thread, consumed by `sched_wakeup`...
     pending_waker: Option<u32>,
+    /// ...with its process and stacks (when the trace has wake-up stacks).
+    pending_waker_stacks: Option<SampleWaker>,
+    /// Its stacks at its last switch-out, and the waker of the wait since then: what the
+    /// samples of this off-CPU stretch carry.
+    out_stacks: (i32, i32),
+    woken_with: Option<SampleWaker>,
     /// `se.vruntime` at its last switch or wake-up (0: not known)...
     vruntime: u64,
     /// ...in this CFS run queue (0: not known, or a kernel without group scheduling).
@@ -221,7 +227,17 @@ impl Thread {
             return None;
         }
         self.stats.samples.add(metric);
-        Some(Sample { metric, end, ns, tid: self.stats.tid, pid: self.stats.pid, cpu, task: None })
+        Some(Sample {
+            metric,
+            end,
+            ns,
+            tid: self.stats.tid,
+            pid: self.stats.pid,
+            cpu,
+            task: None,
+            stacks: self.out_stacks,
+            waker: self.woken_with,
+        })
     }
 
     /// The thread is seen running at `seen` but its switch-in is missing; it cannot have happened
@@ -347,6 +363,11 @@ impl ThreadTracker {
         self
     }
 
+    /// The stacks thread `tid` last switched out with.
+    pub fn out_stacks(&self, tid: u32) -> (i32, i32) {
+        self.threads.get(&tid).map_or(super::samples::NO_STACKS, |t| t.out_stacks)
+    }
+
     /// The state of thread `tid` right now (`Unknown` for a thread not tracked).
     pub fn state(&self, tid: u32) -> ThreadState {
         self.threads.get(&tid).map_or(ThreadState::Unknown, |t| t.state)
@@ -398,6 +419,9 @@ impl ThreadTracker {
             state: ThreadState::Unknown,
             in_epoll: false,
             pending_waker: None,
+            pending_waker_stacks: None,
+            out_stacks: NO_STACKS,
+            woken_with: None,
             vruntime: 0,
             cfs_rq: 0,
             queued_on: None,
@@ -443,19 +467,28 @@ impl ThreadTracker {
                 // A wake-up in interrupt context (a timer, a device) is not the interrupted
                 // task's doing.
                 let waker = if w.in_irq == Some(true) { IRQ_WAKER } else { e.tid };
-                self.thread(w.tid, w.pid, e.ts).pending_waker = Some(waker);
+                let with = SampleWaker {
+                    tid: waker,
+                    pid: if waker == IRQ_WAKER { 0 } else { e.pid },
+                    stacks: w.waker_stacks,
+                };
+                let t = self.thread(w.tid, w.pid, e.ts);
+                t.pending_waker = Some(waker);
+                t.pending_waker_stacks = Some(with);
             }
             EventKind::Wakeup(w) | EventKind::WakeupNew(w) if self.in_scope(w.tid, w.pid) => {
                 let new = matches!(e.kind, EventKind::WakeupNew(_));
                 let t = self.thread(w.tid, w.pid, e.ts);
                 // A new thread is woken by its creator, in whose context this fires.
                 let waker = if new { Some(e.tid) } else { t.pending_waker.take() };
+                let waker_stacks = t.pending_waker_stacks.take();
                 let mut sample = None;
                 match t.state {
                     ThreadState::Off {
                         since,
                         why: why @ (OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked),
                     } => {
+                        t.woken_with = waker_stacks;
                         let ns = e.ts.saturating_sub(since);
                         t.stats.add_off(t.window, why, since, e.ts);
                         let metric = match why {
@@ -579,6 +612,7 @@ impl ThreadTracker {
                 ThreadState::Off { since: e.ts, why: OffCpu::Blocked }
             };
             t.switched_out_at = matches!(new, ThreadState::Off { .. }).then_some(e.ts);
+            (t.out_stacks, t.woken_with) = (s.prev_stacks, None);
             t.set_state(e.ts, new);
             let cpu = self.cpu(e.cpu);
             cpu.busy_ns = cpu.busy_ns.saturating_add(ran);
@@ -733,12 +767,22 @@ mod tests {
                 prev_user_ip: 0,
                 prev_cfs_rq: 0,
                 next_cfs_rq: 0,
+                prev_stacks: (-1, -1),
             }),
         )
     }
 
     fn wake(ts: u64, waker: (u32, u32), target: u32) -> Vec<Event> {
-        let w = Wake { tid: target, pid: P, cpu: 0, prio: 120, vruntime: 0, cfs_rq: 0, in_irq: Some(false) };
+        let w = Wake {
+            tid: target,
+            pid: P,
+            cpu: 0,
+            prio: 120,
+            vruntime: 0,
+            cfs_rq: 0,
+            in_irq: Some(false),
+            waker_stacks: (-1, -1),
+        };
         vec![
             ev(ts, 1, waker.0, waker.1, EventKind::Waking(w)),
             ev(ts, 1, waker.0, waker.1, EventKind::Wakeup(w)),
@@ -779,8 +823,16 @@ mod tests {
 
     #[test]
     fn unreported_migrations_and_wake_ups_are_counted_not_guessed() {
-        let w =
-            |cpu: u32| Wake { tid: T, pid: P, cpu, prio: 120, vruntime: 0, cfs_rq: 0, in_irq: Some(true) };
+        let w = |cpu: u32| Wake {
+            tid: T,
+            pid: P,
+            cpu,
+            prio: 120,
+            vruntime: 0,
+            cfs_rq: 0,
+            in_irq: Some(true),
+            waker_stacks: (-1, -1),
+        };
         let e = vec![
             switch(100, 0, IDLE, (T, P), 0, false),
             switch(200, 0, (T, P), IDLE, 1, false), // sleeps on CPU 0

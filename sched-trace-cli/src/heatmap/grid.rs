@@ -307,6 +307,8 @@ mod tests {
             pid: 1,
             cpu: 0,
             task: None,
+            stacks: crate::correlate::samples::NO_STACKS,
+            waker: None,
         };
         for (tid, ns) in [(7, 1024), (7, 1100), (8, 1500), (7, 2100), (9, 1030), (7, 1050)] {
             g.add(&s(tid, ns));

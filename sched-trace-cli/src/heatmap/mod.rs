@@ -179,7 +179,7 @@ pub fn build_from<R: std::io::Read>(
 ) -> Result<Heatmap, HeatmapError> {
     let span = (pre.start_ns, pre.end_ns);
     let window = spec.filter.window(span.0);
-    let (from, to) = (window.from.max(span.0), window.to.min(span.1.max(span.0 + 1)));
+    let (from, to) = (window.from.max(span.0), window.to.min(span.1.max(span.0.saturating_add(1))));
     if from >= to {
         return Err(HeatmapError::Spec(format!(
             "the window {} is outside the recording, which lasts {:.3} s",

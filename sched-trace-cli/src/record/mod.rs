@@ -6,6 +6,7 @@
 
 pub mod host;
 pub mod kernel_btf;
+pub mod mappings;
 pub mod privileges;
 pub mod probes;
 pub mod procfs;
@@ -33,7 +34,9 @@ use tokio::{
 use crate::trace::{
     DropCounters, EndInfo, TraceError, TraceInfo, TraceTarget, TraceWriter, event::peek_kind_size,
 };
-use probes::{EpollOffsets, KernelCounters, ProbeConfig, Probes};
+use mappings::MappingScanner;
+pub use probes::StackOptions;
+use probes::{EpollOffsets, KernelCounters, MmapOffsets, ProbeConfig, Probes};
 use sink::{SinkMsg, SinkStats};
 use target::{ExitStatus, LaunchedCommand, ProcessExit};
 
@@ -133,10 +136,16 @@ pub struct RecordOptions {
     pub usdt_binaries: Vec<PathBuf>,
     /// Attach the USDT probes of the traced executables (and of `usdt_binaries`).
     pub usdt: bool,
+    /// Which stacks to capture (CPU samples, switch-outs, wake-ups).
+    pub stacks: StackOptions,
 }
 
 impl RecordOptions {
     pub const DEFAULT_RING_BUFFER_BYTES: u32 = 32 << 20;
+    /// CPU samples at 99 Hz (on every CPU, of the traced threads only); no off-CPU or wake-up
+    /// stacks (a stack walk at every switch is not free: `--stacks offcpu` asks for them).
+    pub const DEFAULT_STACKS: StackOptions =
+        StackOptions { oncpu_hz: Some(99), offcpu: false, wakeup: false, map_entries: 16384 };
 }
 
 /// Why a recording stopped.
@@ -232,6 +241,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
     // The file first: an unwritable path fails before anything is loaded into the kernel.
     let mut info = trace_info(&opts, target, &kernel);
+    let info_cpus = info.online_cpus.clone();
     if let Some(c) = &command
         && c.wait_until_parked(Duration::from_secs(1))
     {
@@ -254,6 +264,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         orig_ax: kernel.orig_ax,
         ip: kernel.pt_regs.get("ip").copied(),
         epoll: kernel.epoll,
+        mmap: kernel.mmap,
+        stacks: opts.stacks,
     };
     let mut probes = Probes::load(&config)?;
     for &pid in &filter_pids {
@@ -263,6 +275,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let counters = probes.take_counters()?;
     probes.attach_all()?;
     usdt.attach(&mut probes, initial_probes)?;
+    if let Some(hz) = opts.stacks.oncpu_hz {
+        probes.attach_sampling(&info_cpus, hz)?;
+    }
+    // The stack map outlives the programs: it is read once they are detached.
+    let stack_map = if opts.stacks.any() { Some(probes.take_stacks()?) } else { None };
     // SAFETY: the ring buffer owns its fd, which stays open and unchanged while the AsyncFd
     // owns the ring buffer.
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -305,10 +322,14 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut session = Session {
         ring,
         counters,
-        received: [0; DropCounters::SLOTS],
+        drained: Drained {
+            received: [0; DropCounters::SLOTS],
+            batch: Vec::with_capacity(BATCH_BYTES * 2),
+            malformed: 0,
+            mappings: opts.stacks.any().then(MappingScanner::default),
+            stack_kinds: stack_kinds(&opts.stacks),
+        },
         tx,
-        batch: Vec::with_capacity(BATCH_BYTES * 2),
-        malformed: 0,
         status: StatusLine::new(opts.progress && std::io::stderr().is_terminal()),
         stats: stats.clone(),
         started,
@@ -322,6 +343,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     session.drain_now();
     let final_drops = session.losses(true);
     let _ = session.flush().await;
+    if let Some(map) = &stack_map {
+        session.send_stacks(map).await;
+    }
     if let Ok(d) = &final_drops {
         let _ = session.tx.send(SinkMsg::Drops(d.clone())).await;
     }
@@ -331,7 +355,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     if let Some(error) = out.failure {
         // Everything the kernel handed over after the last whole chunk is lost: say where the
         // file ends, in the error and in the file's own end marker.
-        let received: u64 = session.received.iter().sum();
+        let received: u64 = session.drained.received.iter().sum();
         let failure = crate::trace::WriteFailure {
             error: error.to_string(),
             last_written_ns: out.last_written_ns,
@@ -404,6 +428,7 @@ fn check_preconditions(opts: &RecordOptions) -> Result<(), RecordError> {
 struct KernelFacts {
     task: kernel_btf::TaskOffsets,
     epoll: EpollOffsets,
+    mmap: MmapOffsets,
     /// Offsets of the `struct pt_regs` fields USDT operands name.
     pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
     /// Offset of `pt_regs.orig_ax` (tells interrupts from syscalls).
@@ -422,7 +447,18 @@ impl KernelFacts {
             .map(|f| Ok((*f, btf.pt_regs_offset(f)?)))
             .collect::<Result<_, RecordError>>()?;
         let orig_ax = btf.pt_regs_offset("orig_ax").ok();
-        Ok(KernelFacts { task: btf.task_offsets()?, epoll: epoll_offsets(&tracefs_root)?, pt_regs, orig_ax })
+        let mmap = MmapOffsets {
+            len: tracefs::field_offset(&tracefs_root, "syscalls", "sys_enter_mmap", "len")?,
+            prot: tracefs::field_offset(&tracefs_root, "syscalls", "sys_enter_mmap", "prot")?,
+            ret: tracefs::field_offset(&tracefs_root, "syscalls", "sys_exit_mmap", "ret")?,
+        };
+        Ok(KernelFacts {
+            task: btf.task_offsets()?,
+            epoll: epoll_offsets(&tracefs_root)?,
+            mmap,
+            pt_regs,
+            orig_ax,
+        })
     }
 }
 
@@ -564,6 +600,12 @@ fn trace_info(opts: &RecordOptions, target: TraceTarget, kernel: &KernelFacts) -
         user_probes: Vec::new(),
         skipped_user_probes: Vec::new(),
         asleep_at_start: Vec::new(),
+        stacks: opts.stacks.any().then_some(crate::trace::format::StackCapture {
+            oncpu_hz: opts.stacks.oncpu_hz,
+            offcpu: opts.stacks.offcpu,
+            wakeup: opts.stacks.wakeup,
+            map_entries: opts.stacks.map_entries,
+        }),
     }
 }
 
@@ -627,10 +669,8 @@ struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     counters: KernelCounters,
     /// Records drained, per kind.
-    received: [u64; DropCounters::SLOTS],
+    drained: Drained,
     tx: mpsc::Sender<SinkMsg>,
-    batch: Vec<u8>,
-    malformed: u64,
     status: StatusLine,
     stats: Arc<SinkStats>,
     started: Instant,
@@ -669,22 +709,24 @@ impl Session {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.map_err(RecordError::Drain)?;
-                    let execs = drain(guard.get_inner_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+                    let execs = drain(guard.get_inner_mut(), &mut self.drained);
                     guard.clear_ready();
                     self.attach_new_executables(&execs, probes, usdt).await?;
-                    if self.batch.len() >= BATCH_BYTES {
+                    self.scan_mappings().await?;
+                    if self.drained.batch.len() >= BATCH_BYTES {
                         self.flush().await?;
                     }
                 }
                 _ = tick.tick() => {
                     // The kernel wakes the reader only when much is waiting: drain on the tick.
-                    let execs = drain(self.ring.get_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+                    let execs = drain(self.ring.get_mut(), &mut self.drained);
                     self.attach_new_executables(&execs, probes, usdt).await?;
                     self.flush().await?;
+                    self.scan_mappings().await?;
                     if last_status.elapsed() >= Duration::from_secs(1) {
                         last_status = Instant::now();
                         if let Ok(d) = self.losses(false) {
-                            let received = self.received.iter().sum();
+                            let received = self.drained.received.iter().sum();
                             self.status.update(self.started.elapsed(), received, d.lost_records(), self.stats.bytes.load(Ordering::Relaxed));
                             self.send(SinkMsg::Drops(d)).await?;
                         }
@@ -761,6 +803,11 @@ impl Session {
         probes: &mut Probes,
         usdt: &mut UsdtCatalog,
     ) -> Result<(), RecordError> {
+        if let Some(m) = self.drained.mappings.as_mut() {
+            for &pid in exec_pids {
+                m.changed(pid);
+            }
+        }
         if exec_pids.is_empty() || !usdt.enabled {
             return Ok(());
         }
@@ -781,23 +828,79 @@ impl Session {
         let mut unreceived = 0;
         if final_count {
             let submitted = self.counters.submitted()?;
-            for (s, r) in submitted.iter().zip(&self.received) {
+            for (s, r) in submitted.iter().zip(&self.drained.received) {
                 unreceived += s.saturating_sub(*r);
             }
         }
-        Ok(DropCounters { per_cpu: self.counters.drops()?, malformed: self.malformed, unreceived })
+        Ok(DropCounters { per_cpu: self.counters.drops()?, malformed: self.drained.malformed, unreceived })
+    }
+
+    /// The stacks the recording captured, the mappings of the processes they belong to (read
+    /// once more now, for libraries loaded meanwhile) and the kernel functions of the kernel
+    /// stacks, to the sink. A failure here loses the names, not the events: it is said.
+    async fn send_stacks(&mut self, map: &aya::maps::StackTraceMap<MapData>) {
+        let mut stacks: Vec<(u32, Vec<u64>)> = Vec::new();
+        for entry in map.iter() {
+            match entry {
+                Ok((id, trace)) => stacks.push((id, trace.frames().iter().map(|f| f.ip).collect())),
+                Err(e) => {
+                    eprintln!("sched-trace: warning: reading the stack map: {e}");
+                    break;
+                }
+            }
+        }
+        stacks.sort_by_key(|s| s.0);
+        let kernel_addrs: Vec<u64> = stacks.iter().flat_map(|s| s.1.iter().copied()).collect();
+        let symbols = match sched_trace_flamegraph::kernel_symbols(&kernel_addrs) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sched-trace: warning: kernel stacks will not be named: {e}");
+                Vec::new()
+            }
+        };
+        let now = host::monotonic_ns();
+        let mut snapshots = Vec::new();
+        if let Some(m) = self.drained.mappings.as_mut() {
+            snapshots.extend(m.scan(now));
+            snapshots.extend(m.rescan_all(now));
+            if m.missed > 0 {
+                eprintln!(
+                    "sched-trace: warning: {} processes exited before their mappings could be read: \
+                     their user frames will not be named",
+                    m.missed
+                );
+            }
+        }
+        for msg in [
+            SinkMsg::Stacks(stacks),
+            SinkMsg::Mappings(snapshots),
+            SinkMsg::KernelSymbols(crate::trace::format::KernelSymbols { symbols }),
+        ] {
+            let _ = self.send(msg).await;
+        }
+    }
+
+    /// Reads the mappings of the processes that want it (new, exec'd, or mapped code since).
+    async fn scan_mappings(&mut self) -> Result<(), RecordError> {
+        if let Some(m) = self.drained.mappings.as_mut() {
+            let read = m.scan(host::monotonic_ns());
+            if !read.is_empty() {
+                self.send(SinkMsg::Mappings(read)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Drains whatever the ring buffer holds right now (after the probes are detached).
     fn drain_now(&mut self) {
-        drain(self.ring.get_mut(), &mut self.batch, &mut self.received, &mut self.malformed);
+        drain(self.ring.get_mut(), &mut self.drained);
     }
 
     async fn flush(&mut self) -> Result<(), RecordError> {
-        if self.batch.is_empty() {
+        if self.drained.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BYTES * 2));
+        let batch = std::mem::replace(&mut self.drained.batch, Vec::with_capacity(BATCH_BYTES * 2));
         self.send(SinkMsg::Records(batch)).await
     }
 
@@ -810,32 +913,60 @@ impl Session {
     }
 }
 
-/// Moves every available record into `batch`, checking each is one whole record. Returns the
+/// What the drain of the ring buffer builds up between flushes.
+struct Drained {
+    /// Records drained, not yet handed to the sink...
+    batch: Vec<u8>,
+    /// ...and all drained so far, per kind.
+    received: [u64; DropCounters::SLOTS],
+    /// Records that were not one whole record of a known kind.
+    malformed: u64,
+    /// With stacks on: the processes whose stacks were seen (their mappings are wanted)...
+    mappings: Option<MappingScanner>,
+    /// ...in records of these kinds (a bit per kind).
+    stack_kinds: u32,
+}
+
+/// The record kinds that carry stacks under `s`, a bit per kind.
+fn stack_kinds(s: &StackOptions) -> u32 {
+    use sched_trace_abi::kind;
+    let bit = |on: bool, k: u8| if on { 1u32 << k } else { 0 };
+    bit(s.oncpu_hz.is_some(), kind::CPU_SAMPLE) | bit(s.offcpu, kind::SWITCH) | bit(s.wakeup, kind::WAKING)
+}
+
+/// Moves every available record into the batch, checking each is one whole record. Returns the
 /// processes that exec'd (their executables may carry USDT probes).
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    batch: &mut Vec<u8>,
-    received: &mut [u64],
-    malformed: &mut u64,
-) -> Vec<u32> {
+fn drain(ring: &mut RingBuf<MapData>, d: &mut Drained) -> Vec<u32> {
+    use sched_trace_abi::{RecordHeader, kind};
     let mut execs = Vec::new();
+    let pid_at = std::mem::offset_of!(RecordHeader, pid);
     while let Some(item) = ring.next() {
         // One whole record of a known kind and size (the sink decodes it).
         let whole = peek_kind_size(&item).is_some_and(|(kind, size)| {
             size == item.len() && sched_trace_abi::record_size(kind) == Some(size)
         });
         if !whole {
-            *malformed += 1;
+            d.malformed += 1;
             continue;
         }
-        if item[std::mem::offset_of!(sched_trace_abi::RecordHeader, kind)] == sched_trace_abi::kind::EXEC {
-            let at = std::mem::offset_of!(sched_trace_abi::RecordHeader, pid);
-            execs.push(u32::from_le_bytes([item[at], item[at + 1], item[at + 2], item[at + 3]]));
+        let k = item[std::mem::offset_of!(RecordHeader, kind)];
+        let pid = || u32::from_le_bytes([item[pid_at], item[pid_at + 1], item[pid_at + 2], item[pid_at + 3]]);
+        if k == kind::EXEC {
+            execs.push(pid());
         }
-        batch.extend_from_slice(&item);
-        if let Some(r) =
-            received.get_mut(item[std::mem::offset_of!(sched_trace_abi::RecordHeader, kind)] as usize)
+        if k == kind::MMAP_EXEC
+            && let Some(m) = d.mappings.as_mut()
         {
+            m.changed(pid());
+        }
+        // Records that may carry the stack of the process in whose context they fired.
+        if let Some(m) = d.mappings.as_mut()
+            && d.stack_kinds & (1u32 << (k & 31)) != 0
+        {
+            m.saw(pid());
+        }
+        d.batch.extend_from_slice(&item);
+        if let Some(r) = d.received.get_mut(k as usize) {
             *r += 1;
         }
     }

@@ -8,9 +8,11 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::StackTraceMap,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, ProgramError, TracePoint, UProbe,
+        BtfTracePoint, PerfEvent, ProgramError, TracePoint, UProbe,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
@@ -50,10 +52,15 @@ const PROGRAMS: &[(&str, AttachPoint)] = &[
     ("sys_exit_epoll_wait", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_wait")),
     ("sys_exit_epoll_pwait", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_pwait")),
     ("sys_exit_epoll_pwait2", AttachPoint::Tracefs("syscalls", "sys_exit_epoll_pwait2")),
+    // Idle unless stacks are recorded (TRACK_MMAP).
+    ("sys_enter_mmap", AttachPoint::Tracefs("syscalls", "sys_enter_mmap")),
+    ("sys_exit_mmap", AttachPoint::Tracefs("syscalls", "sys_exit_mmap")),
 ];
 
 /// The program every USDT probe attaches (with its index as the attach cookie).
 const USDT_PROGRAM: &str = "usdt";
+/// The program the CPU-clock perf events run.
+const SAMPLE_PROGRAM: &str = "cpu_sample";
 
 /// The raw tracepoint prototypes the programs read (after the context pointer).
 pub const RAW_TRACEPOINT_PROTOTYPES: &[(&str, &[&str])] = &[
@@ -77,6 +84,14 @@ pub struct EpollOffsets {
     pub ret: u32,
 }
 
+/// Field offsets of the mmap syscall tracepoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmapOffsets {
+    pub len: u32,
+    pub prot: u32,
+    pub ret: u32,
+}
+
 /// Everything the programs are configured with before loading.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -93,6 +108,30 @@ pub struct ProbeConfig {
     pub orig_ax: Option<u32>,
     pub ip: Option<u32>,
     pub epoll: EpollOffsets,
+    pub mmap: MmapOffsets,
+    pub stacks: StackOptions,
+}
+
+/// Which stacks the programs capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackOptions {
+    /// Sample every CPU's running traced thread this many times a second (`None`: no samples).
+    pub oncpu_hz: Option<u64>,
+    /// The stacks of every traced thread's switch-out.
+    pub offcpu: bool,
+    /// The waker's stacks at every wake-up of a traced thread.
+    pub wakeup: bool,
+    /// Entries of the stack map (distinct stacks it can hold).
+    pub map_entries: u32,
+}
+
+impl StackOptions {
+    pub const NONE: StackOptions =
+        StackOptions { oncpu_hz: None, offcpu: false, wakeup: false, map_entries: 1 };
+
+    pub fn any(&self) -> bool {
+        self.oncpu_hz.is_some() || self.offcpu || self.wakeup
+    }
 }
 
 /// Loaded (and, after [`Probes::attach_all`], attached) kernel programs.
@@ -131,8 +170,12 @@ impl Probes {
         // Wake the reader when an eighth of the ring buffer is waiting; it drains on a timer
         // anyway (see record::Session).
         let wakeup_bytes = (config.ring_buffer_bytes / 8) as u64;
+        let (offcpu, wakeup) = (config.stacks.offcpu as u8, config.stacks.wakeup as u8);
         let bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS_MAP, config.ring_buffer_bytes)
+            .map_max_entries(names::STACKS_MAP, config.stacks.map_entries.max(1))
+            .override_global("STACKS_OFFCPU", &offcpu, true)
+            .override_global("STACKS_WAKEUP", &wakeup, true)
             .map_max_entries(names::TRACED_PIDS_MAP, config.filter_table_entries)
             .override_global("FILTER_PIDS", &filter_pids, true)
             .override_global("FOLLOW_CHILDREN", &follow, true)
@@ -153,6 +196,10 @@ impl Probes {
             .override_global("EPOLL_MAXEVENTS", &config.epoll.maxevents, true)
             .override_global("EPOLL_TIMEOUT", &config.epoll.timeout, true)
             .override_global("EPOLL_RET", &config.epoll.ret, true)
+            .override_global("TRACK_MMAP", &(config.stacks.any() as u8), true)
+            .override_global("MMAP_LEN", &config.mmap.len, true)
+            .override_global("MMAP_PROT", &config.mmap.prot, true)
+            .override_global("MMAP_RET", &config.mmap.ret, true)
             .load(PROBES_OBJECT)
             .map_err(|e| RecordError::Probe {
                 what: "loading the probes' object (maps and BTF)".into(),
@@ -174,6 +221,14 @@ impl Probes {
         })?;
         <&mut UProbe>::try_from(usdt).and_then(|p| p.load()).map_err(|e| RecordError::Probe {
             what: format!("the kernel rejected program {USDT_PROGRAM}"),
+            source: Box::new(e),
+        })?;
+        let sample = self.bpf.program_mut(SAMPLE_PROGRAM).ok_or_else(|| RecordError::Probe {
+            what: format!("program {SAMPLE_PROGRAM} is missing from the probes' object"),
+            source: Box::new(ProgramError::NotLoaded),
+        })?;
+        <&mut PerfEvent>::try_from(sample).and_then(|p| p.load()).map_err(|e| RecordError::Probe {
+            what: format!("the kernel rejected program {SAMPLE_PROGRAM}"),
             source: Box::new(e),
         })?;
         for &(name, point) in PROGRAMS {
@@ -233,6 +288,35 @@ impl Probes {
             })?;
         }
         Ok(())
+    }
+
+    /// Samples every CPU of `cpus` on the software cpu-clock, `hz` times a second.
+    pub fn attach_sampling(&mut self, cpus: &[u32], hz: u64) -> Result<(), RecordError> {
+        let program = self.bpf.program_mut(SAMPLE_PROGRAM).ok_or_else(|| missing_map(SAMPLE_PROGRAM))?;
+        let program = <&mut PerfEvent>::try_from(program).map_err(|e| RecordError::Probe {
+            what: format!("program {SAMPLE_PROGRAM}"),
+            source: Box::new(e),
+        })?;
+        for &cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(hz),
+                    false,
+                )
+                .map_err(|e| RecordError::Probe {
+                    what: format!("attaching the cpu-clock sampler at {hz} Hz on CPU {cpu}"),
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Takes the stack map out (it outlives the programs: it is read once they are detached).
+    pub fn take_stacks(&mut self) -> Result<StackTraceMap<MapData>, RecordError> {
+        let map = self.bpf.take_map(names::STACKS_MAP).ok_or_else(|| missing_map(names::STACKS_MAP))?;
+        StackTraceMap::try_from(map).map_err(|e| map_error(names::STACKS_MAP, e))
     }
 
     /// Attaches the USDT program to probe `index` of `binary` at `file_offset`, reading its

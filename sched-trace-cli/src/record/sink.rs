@@ -20,6 +20,7 @@ use super::procfs;
 use crate::trace::{
     Comm, DropCounters, EventKind, TaskEntry, TaskSource, TraceError, TraceWriter, UserProbe,
     event::{Decoded, decode, peek_ts},
+    format::{KernelSymbols, MappingsChunk},
 };
 
 /// Records younger than this (relative to the newest seen) wait for the next chunk.
@@ -38,6 +39,12 @@ pub enum SinkMsg {
     Drops(DropCounters),
     /// User-level probes attached during the recording, and those found but skipped.
     Probes { added: Vec<UserProbe>, skipped: Vec<String> },
+    /// The stack table (after the probes are detached).
+    Stacks(Vec<(u32, Vec<u64>)>),
+    /// Snapshots of processes' executable mappings.
+    Mappings(Vec<MappingsChunk>),
+    /// The kernel functions of the kernel stacks.
+    KernelSymbols(KernelSymbols),
 }
 
 /// Progress, shared with the status line.
@@ -110,6 +117,13 @@ impl Sink {
                     self.tasks.extend(t);
                 }
                 SinkMsg::Probes { added, skipped } => self.writer.write_probes(&added, &skipped)?,
+                SinkMsg::Stacks(stacks) => self.writer.write_stacks(&stacks)?,
+                SinkMsg::Mappings(snapshots) => {
+                    for m in &snapshots {
+                        self.writer.write_mappings(m)?;
+                    }
+                }
+                SinkMsg::KernelSymbols(k) => self.writer.write_kernel_symbols(&k)?,
                 SinkMsg::Drops(d) => {
                     if self.last_drops.as_ref() != Some(&d) {
                         self.writer.write_drops(&d)?;

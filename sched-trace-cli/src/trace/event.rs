@@ -73,6 +73,9 @@ pub struct Wake {
     /// For `sched_waking`: whether the wake-up ran on an interrupt stack, so that the current
     /// task was merely interrupted (`None`: not known).
     pub in_irq: Option<bool>,
+    /// For `sched_waking` with wake-up stacks on: the waker's user and kernel stacks (stack
+    /// ids, or `NO_STACK`, or `-errno`).
+    pub waker_stacks: (i32, i32),
 }
 
 /// One decoded record. `tid`/`pid` are the thread in whose context the probe fired (the outgoing
@@ -134,7 +137,12 @@ pub enum EventKind {
     CpuSample {
         user_stack: i32,
         kernel_stack: i32,
-        user_task: u64,
+        user_ip: u64,
+    },
+    /// The thread mapped `len` bytes of code at `addr` (with stacks on).
+    MmapExec {
+        addr: u64,
+        len: u64,
     },
 }
 
@@ -155,6 +163,8 @@ pub struct Switch {
     /// The CFS run queues the two threads are accounted in (0: not known).
     pub prev_cfs_rq: u64,
     pub next_cfs_rq: u64,
+    /// The outgoing thread's user and kernel stacks (stack ids, `NO_STACK` or `-errno`).
+    pub prev_stacks: (i32, i32),
 }
 
 /// Why a record could not be decoded.
@@ -204,7 +214,9 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         }
         return Ok(Decoded::Unknown { kind: k, size });
     };
-    if size != expected {
+    // A record of the ABI before this one (an older trace) lacks the fields added since.
+    let legacy = abi::legacy_record_size(abi::OLDEST_ABI_VERSION, k) == Some(size);
+    if size != expected && !legacy {
         return Err(DecodeError::BadSize { kind: k, claimed: size, expected });
     }
     if buf.len() < size {
@@ -233,6 +245,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             prev_user_ip: b.get_u64_le(),
             prev_cfs_rq: b.get_u64_le(),
             next_cfs_rq: b.get_u64_le(),
+            prev_stacks: stacks(&mut b, legacy),
         }),
         kind::WAKING | kind::WAKEUP | kind::WAKEUP_NEW => {
             let w = Wake {
@@ -244,6 +257,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
                 cfs_rq: b.get_u64_le(),
                 in_irq: (flags & waking_flags::CONTEXT_KNOWN != 0)
                     .then_some(flags & waking_flags::IN_IRQ != 0),
+                waker_stacks: stacks(&mut b, legacy),
             };
             match k {
                 kind::WAKING => EventKind::Waking(w),
@@ -290,12 +304,18 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         kind::CPU_SAMPLE => EventKind::CpuSample {
             user_stack: b.get_i32_le(),
             kernel_stack: b.get_i32_le(),
-            user_task: b.get_u64_le(),
+            user_ip: b.get_u64_le(),
         },
+        kind::MMAP_EXEC => EventKind::MmapExec { addr: b.get_u64_le(), len: b.get_u64_le() },
         // record_size() knows exactly the kinds matched above.
         _ => return Ok(Decoded::Unknown { kind: k, size }),
     };
     Ok(Decoded::Event(Event { ts, cpu, tid, pid, kind }, size))
+}
+
+/// A record's (user, kernel) stack ids; none in a legacy record, which ends before them.
+fn stacks(b: &mut &[u8], legacy: bool) -> (i32, i32) {
+    if legacy { (abi::NO_STACK, abi::NO_STACK) } else { (b.get_i32_le(), b.get_i32_le()) }
 }
 
 fn get_comm(b: &mut &[u8]) -> Comm {
@@ -334,7 +354,7 @@ mod tests {
     fn switch_round_trips() {
         let raw = crate::trace::synthetic::switch(42, 1, (10, 10), (11, 10), 1, false);
         let Decoded::Event(e, size) = decode(&raw).unwrap() else { panic!("not an event") };
-        assert_eq!(size, 88);
+        assert_eq!(size, 96);
         assert_eq!((e.ts, e.cpu, e.tid, e.pid), (42, 1, 10, 10));
         let EventKind::Switch(s) = e.kind else { panic!("not a switch") };
         assert_eq!((s.next_tid, s.next_pid, s.prev_state, s.preempt), (11, 10, 1, false));

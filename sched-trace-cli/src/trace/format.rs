@@ -24,6 +24,12 @@
 //! - `DROPS`: a cumulative snapshot of the per-CPU lost-record counters; the last one counts.
 //! - `PROBES`: user-level probes attached during the recording (after an exec), as JSON
 //!   (`ProbesChunk`); they precede every record of theirs.
+//! - `STACKS`: the stack table: `id u32 | depth u16 | 0 u16 | depth × address u64`, repeated
+//!   (user and kernel stacks share the table; a stack id of a record names one).
+//! - `MAPPINGS`: one process's executable mappings at a moment (`MappingsChunk`) as JSON: what
+//!   the user stacks' addresses are symbolized through, after the process is gone.
+//! - `KSYMS`: the kernel functions the kernel stacks' addresses fall in (`KernelSymbols`), as
+//!   JSON, resolved when the recording ended (so the trace symbolizes on another machine).
 //! - `END`: the recording's closing facts (`EndInfo`) as JSON.
 //!
 //! Readers skip chunk kinds they do not know, so later versions can add tables (stacks,
@@ -55,6 +61,9 @@ pub enum ChunkKind {
     Tasks = 2,
     Drops = 3,
     Probes = 4,
+    Stacks = 5,
+    Mappings = 6,
+    KernelSymbols = 7,
     End = 15,
 }
 
@@ -65,6 +74,9 @@ impl ChunkKind {
             2 => Self::Tasks,
             3 => Self::Drops,
             4 => Self::Probes,
+            5 => Self::Stacks,
+            6 => Self::Mappings,
+            7 => Self::KernelSymbols,
             15 => Self::End,
             _ => return None,
         })
@@ -111,6 +123,22 @@ pub struct TraceInfo {
     /// launched command, held before its exec. Their state is known from the first event on.
     #[serde(default)]
     pub asleep_at_start: Vec<u32>,
+    /// Which stacks the recording captured (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StackCapture>,
+}
+
+/// The stacks a recording captured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackCapture {
+    /// CPU samples per second per CPU (none: no samples).
+    pub oncpu_hz: Option<u64>,
+    /// The stacks of every switch-out of a traced thread.
+    pub offcpu: bool,
+    /// The waker's stacks at every wake-up of a traced thread.
+    pub wakeup: bool,
+    /// Entries of the kernel's stack map: how many distinct stacks it could hold.
+    pub map_entries: u32,
 }
 
 /// A user-level probe in a trace's probe table.
@@ -136,6 +164,34 @@ pub enum TraceTarget {
     Pids { pids: Vec<u32> },
     /// A command started by the recorder, and all its descendants.
     Command { argv: Vec<String>, pid: u32 },
+}
+
+/// One executable mapping of a process (`/proc/PID/maps`, file-backed and executable).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub offset: u64,
+    pub path: String,
+    /// The file's GNU build id (hex), when it has one: a copy elsewhere is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+}
+
+/// A process's executable mappings from `ts` on (until a later snapshot of it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingsChunk {
+    pub pid: u32,
+    pub ts: u64,
+    pub maps: Vec<Mapping>,
+}
+
+/// Kernel addresses of the recording's kernel stacks and the functions they fall in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelSymbols {
+    /// (address, function name), by address.
+    pub symbols: Vec<(u64, String)>,
 }
 
 /// User-level probes attached during a recording.

@@ -134,6 +134,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::EPOLL_EXIT => "epoll_exit",
         kind::USER_TASK => "user_task",
         kind::CPU_SAMPLE => "cpu_sample",
+        kind::MMAP_EXEC => "mmap_exec",
         _ => "unknown",
     }
 }

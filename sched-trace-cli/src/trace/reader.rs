@@ -57,6 +57,12 @@ pub struct TraceTables {
     /// User-level probe records whose thread was rescheduled between hitting the probe and the
     /// probe program running, moved back to the moment the thread was switched out.
     pub backdated_probes: u64,
+    /// The stack table: stack id → frames, leaf first.
+    pub stacks: rustc_hash::FxHashMap<u32, Vec<u64>>,
+    /// Snapshots of the traced processes' executable mappings, in file order.
+    pub mappings: Vec<super::format::MappingsChunk>,
+    /// Kernel addresses of the kernel stacks and their functions, by address.
+    pub kernel_symbols: Vec<(u64, String)>,
     /// Events handed out.
     pub events: u64,
     /// Events that did not fit the recording (impossible CPUs or ids: dropped; back in time:
@@ -165,7 +171,7 @@ impl<R: Read> TraceReader<R> {
         }
         let info: TraceInfo = serde_json::from_slice(&body)
             .map_err(|e| corrupt(FILE_HEADER_LEN as u64, format!("recording facts do not parse: {e}")))?;
-        if info.abi_version != sched_trace_abi::ABI_VERSION {
+        if !(sched_trace_abi::OLDEST_ABI_VERSION..=sched_trace_abi::ABI_VERSION).contains(&info.abi_version) {
             return Err(TraceError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found: info.abi_version,
@@ -305,6 +311,22 @@ impl<R: Read> TraceReader<R> {
                     self.info.user_probes.push(p);
                 }
                 self.info.skipped_user_probes.extend(chunk.skipped);
+            }
+            Some(ChunkKind::Stacks) => parse_stacks(&chunk.payload, &mut self.tables.stacks)
+                .map_err(|what| self.corrupt(chunk.offset, what))?,
+            Some(ChunkKind::Mappings) => {
+                let m = serde_json::from_slice(&chunk.payload).map_err(|e| {
+                    self.corrupt(chunk.offset, format!("a mappings table does not parse: {e}"))
+                })?;
+                self.tables.mappings.push(m);
+            }
+            Some(ChunkKind::KernelSymbols) => {
+                let k: super::format::KernelSymbols =
+                    serde_json::from_slice(&chunk.payload).map_err(|e| {
+                        self.corrupt(chunk.offset, format!("the kernel symbols do not parse: {e}"))
+                    })?;
+                self.tables.kernel_symbols.extend(k.symbols);
+                self.tables.kernel_symbols.sort_unstable_by_key(|s| s.0);
             }
             Some(ChunkKind::End) => {
                 let end: EndInfo = serde_json::from_slice(&chunk.payload).map_err(|e| {
@@ -505,6 +527,22 @@ impl<R: Read> TraceReader<R> {
     fn corrupt(&self, offset: u64, what: String) -> TraceError {
         TraceError::Corrupt { path: self.path.clone(), offset, what }
     }
+}
+
+/// Adds the entries of a `STACKS` payload to `out` (a later entry for an id replaces one before).
+fn parse_stacks(mut p: &[u8], out: &mut rustc_hash::FxHashMap<u32, Vec<u64>>) -> Result<(), String> {
+    while !p.is_empty() {
+        if p.len() < 8 {
+            return Err(format!("stack table entry cut off ({} bytes left)", p.len()));
+        }
+        let (id, depth) = (p.get_u32_le(), p.get_u16_le() as usize);
+        p.advance(2);
+        if p.len() < depth * 8 {
+            return Err(format!("stack {id} claims {depth} frames; {} bytes are left", p.len()));
+        }
+        out.insert(id, (0..depth).map(|_| p.get_u64_le()).collect());
+    }
+    Ok(())
 }
 
 /// Appends the entries of a `TASKS` payload to `out`.

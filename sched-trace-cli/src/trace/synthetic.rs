@@ -48,6 +48,8 @@ pub fn switch(
         prev_user_ip: 0,
         prev_cfs_rq: 0,
         next_cfs_rq: 0,
+        prev_user_stack: NO_STACK,
+        prev_kernel_stack: NO_STACK,
     };
     bytes_of(&r)
 }
@@ -62,6 +64,8 @@ pub fn wake(k: u8, ts: u64, cpu: u16, waker: (u32, u32), target: (u32, u32)) -> 
         target_prio: 120,
         target_vruntime: 0,
         target_cfs_rq: 0,
+        waker_user_stack: NO_STACK,
+        waker_kernel_stack: NO_STACK,
     };
     bytes_of(&r)
 }
@@ -168,4 +172,15 @@ pub fn refrt_probe(index: u32, name: &str) -> super::UserProbe {
         file_offset: 0x1000 + index as u64,
         args: String::new(),
     }
+}
+
+/// A CPU-clock sample of `task` on `cpu` with stacks `user` and `kernel` (ids in the trace's
+/// stack table).
+pub fn cpu_sample(ts: u64, cpu: u16, task: (u32, u32), user: i32, kernel: i32) -> Vec<u8> {
+    bytes_of(&CpuSampleRecord {
+        header: header(kind::CPU_SAMPLE, std::mem::size_of::<CpuSampleRecord>(), ts, cpu, task.0, task.1, 0),
+        user_stack: user,
+        kernel_stack: kernel,
+        user_ip: 0,
+    })
 }

@@ -12,7 +12,8 @@ use super::{
     DropCounters, TraceError,
     format::{
         CHUNK_COLUMNAR, CHUNK_COMPRESSED, CHUNK_HEADER_LEN, CHUNK_MAGIC, ChunkKind, EndInfo, FORMAT_VERSION,
-        MAGIC, MAX_CHUNK_LEN, ProbesChunk, TASK_ENTRY_LEN, TaskEntry, TraceInfo, UserProbe,
+        KernelSymbols, MAGIC, MAX_CHUNK_LEN, MappingsChunk, ProbesChunk, TASK_ENTRY_LEN, TaskEntry,
+        TraceInfo, UserProbe,
     },
 };
 
@@ -116,6 +117,38 @@ impl TraceWriter {
 
     pub fn write_drops(&mut self, drops: &DropCounters) -> Result<(), TraceError> {
         self.write_chunk(ChunkKind::Drops, &drops_payload(drops))
+    }
+
+    /// Writes stack-table entries: (stack id, its frames, leaf first).
+    pub fn write_stacks(&mut self, stacks: &[(u32, Vec<u64>)]) -> Result<(), TraceError> {
+        // Chunks of at most about a megabyte, like the events'.
+        let mut payload = Vec::new();
+        for (id, frames) in stacks {
+            let frames = &frames[..frames.len().min(u16::MAX as usize)];
+            payload.put_u32_le(*id);
+            payload.put_u16_le(frames.len() as u16);
+            payload.put_u16_le(0);
+            for f in frames {
+                payload.put_u64_le(*f);
+            }
+            if payload.len() >= 1 << 20 {
+                self.write_chunk(ChunkKind::Stacks, &payload)?;
+                payload.clear();
+            }
+        }
+        if payload.is_empty() { Ok(()) } else { self.write_chunk(ChunkKind::Stacks, &payload) }
+    }
+
+    /// Writes a snapshot of a process's executable mappings.
+    pub fn write_mappings(&mut self, m: &MappingsChunk) -> Result<(), TraceError> {
+        let body = serde_json::to_vec(m).map_err(|e| TraceError::Encode(e.to_string()))?;
+        self.write_chunk(ChunkKind::Mappings, &body)
+    }
+
+    /// Writes the kernel functions the kernel stacks' addresses fall in.
+    pub fn write_kernel_symbols(&mut self, k: &KernelSymbols) -> Result<(), TraceError> {
+        let body = serde_json::to_vec(k).map_err(|e| TraceError::Encode(e.to_string()))?;
+        self.write_chunk(ChunkKind::KernelSymbols, &body)
     }
 
     /// Records user-level probes attached during the recording (before any record of theirs).

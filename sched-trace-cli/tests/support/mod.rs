@@ -161,6 +161,7 @@ pub fn synthetic_info(
         user_probes,
         skipped_user_probes: Vec::new(),
         asleep_at_start: Vec::new(),
+        stacks: None,
     }
 }
 
