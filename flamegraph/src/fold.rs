@@ -91,7 +91,8 @@ impl Folder {
         let mut sums: FxHashMap<u32, u64> = FxHashMap::default();
         for (k, w) in &self.weights {
             if want.contains_key(&k.prefix) {
-                *sums.entry(k.prefix).or_default() += w.0;
+                let sum = sums.entry(k.prefix).or_default();
+                *sum = sum.saturating_add(w.0);
             }
         }
         // Per prefix: what was given so far, and its heaviest stack.
@@ -104,7 +105,7 @@ impl Folder {
             let before = w.0;
             w.0 = ((w.0 as u128 * total as u128) / sum as u128) as u64;
             let g = given.entry(k.prefix).or_insert((0, None));
-            g.0 += w.0;
+            g.0 = g.0.saturating_add(w.0);
             if g.1.is_none_or(|(heaviest, _)| before > heaviest) {
                 g.1 = Some((before, *k));
             }
@@ -113,7 +114,7 @@ impl Folder {
             if let Some((_, key)) = heaviest
                 && let Some(w) = self.weights.get_mut(&key)
             {
-                w.0 += want[&prefix].saturating_sub(sum);
+                w.0 = w.0.saturating_add(want[&prefix].saturating_sub(sum));
             }
         }
     }
@@ -160,7 +161,8 @@ impl Folder {
                 names.push("[no stack]".into());
             }
             let line = names.iter().map(|n| clean(n)).collect::<Vec<_>>().join(";");
-            *lines.entry(line).or_default() += weight;
+            let sum = lines.entry(line).or_default();
+            *sum = sum.saturating_add(*weight);
         }
         let mut out: Vec<(String, u64)> = lines.into_iter().collect();
         out.sort();

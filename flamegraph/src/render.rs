@@ -91,6 +91,23 @@ fn options<'m>(kind: FlameKind, title: &str, subtitle: Option<&str>, map: &'m mu
     opts
 }
 
+/// The most a flame graph's stacks may weigh in all: 2^62 (146 years of nanoseconds). inferno
+/// adds the weights up in a `usize` (and a differential graph both sides' together), so a trace
+/// whose durations claim more would overflow it; only a corrupt trace can.
+const MAX_TOTAL_WEIGHT: u64 = 1 << 62;
+
+/// Refuses stacks that weigh more than inferno can add up.
+fn check_total(lines: &[(String, u64)]) -> std::io::Result<()> {
+    let total = lines.iter().try_fold(0u64, |sum, (_, n)| sum.checked_add(*n));
+    match total {
+        Some(t) if t <= MAX_TOTAL_WEIGHT => Ok(()),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the stacks weigh more than {MAX_TOTAL_WEIGHT} in all (is the trace corrupt?)"),
+        )),
+    }
+}
+
 /// Draws `lines` as an SVG flame graph of `kind`, titled `title` (with `subtitle` under it).
 pub fn render(
     lines: &[(String, u64)],
@@ -99,6 +116,7 @@ pub fn render(
     subtitle: Option<&str>,
     out: impl Write,
 ) -> std::io::Result<()> {
+    check_total(lines)?;
     let mut map = palette_map(lines);
     let mut opts = options(kind, title, subtitle, &mut map);
     opts.colors = kind.palette();
@@ -117,6 +135,8 @@ pub fn render_diff(
     subtitle: Option<&str>,
     out: impl Write,
 ) -> std::io::Result<()> {
+    check_total(before)?;
+    check_total(after)?;
     let text = |lines: &[(String, u64)]| crate::fold::to_text(lines).into_bytes();
     let mut diff = Vec::new();
     inferno::differential::from_readers(

@@ -425,7 +425,8 @@ impl Gather<'_> {
             if self.spec.group_by == GroupBy::Task {
                 ns = ns.saturating_sub(f.on_cpu_in_tasks.get(&t.tid).copied().unwrap_or(0));
             }
-            *exact.entry(key).or_default() += ns;
+            let sum = exact.entry(key).or_default();
+            *sum = sum.saturating_add(ns);
         }
         if self.spec.group_by == GroupBy::Task {
             for t in f.tasks.iter().filter(|t| filter.task(t, names)) {

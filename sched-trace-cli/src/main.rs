@@ -705,6 +705,7 @@ fn unnamed_note(s: &sched_trace_flamegraph::SymbolStats) -> String {
         (s.no_file, "in files no longer there"),
         (s.other_build, "in files rebuilt since"),
         (s.no_symbol, "without a symbol"),
+        (s.bad_file, "in files that could not be parsed"),
     ] {
         if n > 0 {
             why.push(format!("{} {what}", units::count(n)));

@@ -77,14 +77,26 @@ fn the_detach_check_sees_every_program_record_loads() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("attached.trace");
     let rec = spawn_record(&["--", refrt().to_str().unwrap(), "pingpong", "--duration", "1.5"], &out);
-    // Attached once the command runs (its USDT probes fire).
+    // The programs are loaded one after another, so a listing taken while `record` starts can
+    // hold some of them: wait (bounded) until every kind is there, then check nothing is missing.
+    let expected = [
+        "usdt",
+        "sched_switch",
+        "sched_waking",
+        "sys_enter_epoll",
+        "sched_process_f",
+        "sys_enter_mmap",
+        "cpu_sample",
+    ];
+    let all_listed =
+        |loaded: &[String]| expected.iter().all(|name| loaded.iter().any(|p| p.starts_with(name)));
     let end = Instant::now() + Duration::from_secs(10);
     let mut loaded = loaded_sched_trace_programs();
-    while !loaded.iter().any(|p| p == "usdt") && Instant::now() < end {
+    while !all_listed(&loaded) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
         loaded = loaded_sched_trace_programs();
     }
-    for name in ["usdt", "sched_switch", "sched_waking", "sys_enter_epoll", "sched_process_f"] {
+    for name in expected {
         assert!(
             loaded.iter().any(|p| p.starts_with(name)),
             "{name} is not listed while recording: {loaded:?}"

@@ -37,6 +37,12 @@ const TOOLS_DIR: &str = "/opt/sched-trace/tools";
 /// A Python with Perfetto's own protobuf classes, for the test that reads exports back.
 const VENV_DIR: &str = "/opt/sched-trace/venv";
 const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf==7.36.2"];
+/// Peers only the benchmarks run: bcc's off-CPU tools (the CO-RE port in libbpf-tools, and the
+/// Python one, which needs kernel headers and says whether it found them).
+const BENCH_PACKAGES: &[&str] = &["libbpf-tools", "bpfcc-tools"];
+/// inferno's own binaries (`perf script | inferno-collapse-perf | inferno-flamegraph`), at the
+/// version the flamegraph crate draws with.
+const INFERNO_VERSION: &str = "0.12.8";
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -93,10 +99,15 @@ enum Task {
         #[arg(long, default_value_t = 100_000)]
         loops: u32,
         /// Only this part: `runtime` (the reference runtime against tokio, and traced),
-        /// `record` (what recording costs, next to perf sched record and bpftrace) or `report`
-        /// (the report on a ten-million-event trace, next to perf sched latency).
+        /// `record` (what recording costs, next to perf sched record and bpftrace), `report`
+        /// (the report and the heat map on a ten-million-event trace, next to perf sched
+        /// latency) or `flamegraph` (a flame graph of a million samples next to perf script and
+        /// inferno, and what stack capture costs next to offcputime).
         #[arg(long)]
         only: Option<BenchPart>,
+        /// CPU samples a second (per CPU) for the flame graph part's recordings.
+        #[arg(long, default_value_t = 10_000)]
+        sample_hz: u32,
     },
 }
 
@@ -105,6 +116,7 @@ enum BenchPart {
     Runtime,
     Record,
     Report,
+    Flamegraph,
 }
 
 fn main() -> Result<()> {
@@ -125,8 +137,9 @@ fn main() -> Result<()> {
             // lock in the test support code), while the quick unit tests run in parallel.
             run(cargo(&root).args(["test", "--workspace"]).args(&args), "cargo test")
         }
-        Task::Bench { runs, seconds, loops, only } => {
+        Task::Bench { runs, seconds, loops, only, sample_hz } => {
             setup()?;
+            let inferno = bench_setup()?;
             run(cargo(&root).args(["build", "--release", "--bins"]), "cargo build --release")?;
             run(
                 cargo(&root).args([
@@ -148,6 +161,10 @@ fn main() -> Result<()> {
             if only.is_none() || only == Some(BenchPart::Report) {
                 // About 4.2 events per round trip: ten million events.
                 bench::report_speed(&root, runs, 2_500_000)?;
+            }
+            if only.is_none() || only == Some(BenchPart::Flamegraph) {
+                bench::flamegraph_speed(&root, runs, sample_hz, &inferno)?;
+                bench::stack_capture_overhead(&root, runs, loops)?;
             }
             Ok(())
         }
@@ -174,7 +191,8 @@ fn fuzz(root: &Path, inputs: u64, jobs: u64, seconds: u64, seed: u64) -> Result<
         cargo(root).args(["build", "--profile", "fuzz", "-p", "sched-trace-fuzz", "--bins"]),
         "cargo build --profile fuzz",
     )?;
-    // The reference runtime's executable: a real ELF with USDT notes, for the note target.
+    // The reference runtime's executable: a real ELF with USDT notes and symbols, for the note
+    // and ELF targets.
     run(
         cargo(root).args(["build", "--release", "-p", "reference-runtime", "--bin", "refrt"]),
         "cargo build refrt",
@@ -193,6 +211,8 @@ fn fuzz(root: &Path, inputs: u64, jobs: u64, seconds: u64, seed: u64) -> Result<
                 .arg(&crashes)
                 .arg("--extra-seed")
                 .arg(format!("usdt={}", refrt.display()))
+                .arg("--extra-seed")
+                .arg(format!("elf={}", refrt.display()))
                 .spawn()
                 .with_context(|| format!("starting {}", exe.display()))
         })
@@ -227,22 +247,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !package_installed(p)).collect();
-    if !missing.is_empty() {
-        require_root(&format!("installing {}", missing.join(" ")))?;
-        eprintln!("xtask setup: installing {}", missing.join(" "));
-        run(
-            Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get update",
-        )?;
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get install",
-        )?;
-    }
+    install_packages(PACKAGES)?;
     let sysroot_src = Path::new("/usr/lib/rustlib/src/rust/library/Cargo.lock");
     if !sysroot_src.exists() {
         bail!("{} is missing: rust-web-src did not install the library source", sysroot_src.display());
@@ -286,6 +291,48 @@ fn setup() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Installs the Debian packages of `packages` that are not installed yet.
+fn install_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !package_installed(p)).collect();
+    if !missing.is_empty() {
+        require_root(&format!("installing {}", missing.join(" ")))?;
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        run(
+            Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get update",
+        )?;
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install",
+        )?;
+    }
+    Ok(())
+}
+
+/// What the benchmarks need beyond `setup`: their peers. Returns where inferno's binaries are.
+fn bench_setup() -> Result<PathBuf> {
+    install_packages(BENCH_PACKAGES)?;
+    let bin = Path::new(TOOLS_DIR).join("bin");
+    let have = Command::new(bin.join("inferno-flamegraph")).arg("--version").output();
+    let current = have.ok().filter(|o| o.status.success());
+    let current = current.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if current.as_deref() != Some(&format!("inferno-flamegraph {INFERNO_VERSION}")) {
+        require_root(&format!("installing inferno into {TOOLS_DIR}"))?;
+        eprintln!("xtask bench: building inferno {INFERNO_VERSION}'s binaries (a minute or two)");
+        run(
+            Command::new("cargo")
+                .args(["install", "--locked", "--quiet", "--force"])
+                .arg(format!("inferno@{INFERNO_VERSION}"))
+                .args(["--root", TOOLS_DIR]),
+            "cargo install inferno",
+        )?;
+    }
+    Ok(bin)
 }
 
 fn package_installed(name: &str) -> bool {

@@ -20,7 +20,7 @@ struct Cli {
 enum Command {
     /// Mutate the corpus's seeds and run every reader and analysis on each input.
     Run {
-        /// Only this target (`trace`, `usdt`); all of them by default.
+        /// Only this target (`trace`, `usdt`, `elf`); all of them by default.
         #[arg(long)]
         target: Option<String>,
         /// Inputs per target.
@@ -31,7 +31,7 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// The corpus: a directory per target (`trace/`, `usdt/`).
+        /// The corpus: a directory per target (`trace/`, `elf/`).
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus"))]
         corpus: PathBuf,
         /// More seeds for a target, as TARGET=FILE (a real recording, a real executable).

@@ -61,13 +61,23 @@ fn usage(why: &str) -> ! {
 
 /// Spins until the thread has used `ns` more CPU time. Inlined into its callers, so that the
 /// hot functions are the leaves (or their callers, for the clock's system call).
+///
+/// The inner loop calls nothing, in debug builds too: there `for i in 0..n` calls
+/// `Range::next` and `black_box` is a call, and a sample that lands in a callee's prologue
+/// (before it pushed its frame pointer) loses the callee's caller in the kernel's frame-pointer
+/// walk — which is the hot function itself. An empty `asm!` keeps the loop from being optimised
+/// away instead.
 #[inline(always)]
 fn spin_for(ns: u64) -> u64 {
     let end = thread_cpu_ns() + ns;
     let mut x = 0u64;
     loop {
-        for i in 0..20_000 {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        let mut i = 0u64;
+        while i < 20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            // SAFETY: an empty assembly block that only claims to read and write `x`.
+            unsafe { std::arch::asm!("/* {0} */", inout(reg) x, options(nomem, nostack, preserves_flags)) };
+            i += 1;
         }
         if thread_cpu_ns() >= end {
             return x;

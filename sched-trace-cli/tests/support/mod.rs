@@ -94,6 +94,9 @@ pub fn loaded_sched_trace_programs() -> Vec<String> {
         "task_rename",
         "sys_enter_epoll",
         "sys_exit_epoll_",
+        "sys_enter_mmap",
+        "sys_exit_mmap",
+        "cpu_sample",
         "usdt",
     ];
     progs

@@ -8,6 +8,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod stacks;
+pub use stacks::{flamegraph_speed, stack_capture_overhead};
+
 /// Ops per second of one run: the `"ops_per_sec"` of the JSON line a workload prints last.
 fn ops_per_sec(cmd: &mut Command, what: &str) -> Result<f64> {
     let out = cmd.stderr(Stdio::null()).output().with_context(|| format!("running {what}"))?;
@@ -224,21 +227,8 @@ pub fn record_overhead(root: &Path, runs: usize, loops: u32) -> Result<()> {
     let perf_file = dir.join("pipe.perf.data");
     let loops = loops.to_string();
     for pinned in [false, true] {
-        let workload = |cmd: &mut Command| {
-            if pinned {
-                cmd.args(["taskset", "-c", "0"]);
-            }
-            cmd.args(["perf", "bench", "sched", "pipe", "-l", &loops]);
-        };
-        let bench_alone = || -> Result<String> {
-            let mut parts = Command::new("env");
-            workload(&mut parts);
-            let out = parts.output().context("running perf bench")?;
-            if !out.status.success() {
-                bail!("perf bench failed ({})", out.status);
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
+        let workload = |cmd: &mut Command| pipe_workload(cmd, pinned, &loops);
+        let bench_alone = || pipe_bench(pinned, &loops);
         let run = |tracer: Tracer| -> Result<Sample> {
             let text_us = |text: &str| usecs_per_op(text).with_context(|| format!("no usecs/op in {text}"));
             match tracer {
@@ -248,23 +238,7 @@ pub fn record_overhead(root: &Path, runs: usize, loops: u32) -> Result<()> {
                 Tracer::SchedTrace => {
                     let mut cmd = Command::new(&sched_trace);
                     cmd.args(["record", "-o"]).arg(&st_file);
-                    let child = start_tracer(&mut cmd, "sched-trace record", "sched-trace: recording", true)?;
-                    let bench = bench_alone();
-                    let rest = stop_tracer(child, "sched-trace record")?;
-                    let us = text_us(&bench?)?;
-                    let events = sched_trace_events(&rest.join("\n"))?;
-                    let lost = rest
-                        .iter()
-                        .find_map(|l| {
-                            let l = l.strip_prefix("sched-trace: ")?;
-                            let n = l.strip_prefix("lost ").or_else(|| l.strip_prefix("LOST "))?;
-                            grouped_number(n.split_whitespace().next()?)
-                        })
-                        .with_context(|| {
-                            format!("sched-trace printed no loss count:\n{}", rest.join("\n"))
-                        })?;
-                    let bytes = std::fs::metadata(&st_file).map(|m| m.len()).unwrap_or(0);
-                    Ok(Sample { usecs_per_op: us, file: Some((bytes, events)), lost: Some(lost) })
+                    sched_trace_sample(&mut cmd, &st_file, &bench_alone)
                 }
                 Tracer::PerfSched => {
                     let mut cmd = Command::new("perf");
@@ -293,20 +267,72 @@ pub fn record_overhead(root: &Path, runs: usize, loops: u32) -> Result<()> {
                 }
             }
         };
-        let mut samples: Vec<Vec<Sample>> = Tracer::ALL.iter().map(|_| Vec::new()).collect();
-        for round in 0..runs {
-            for k in 0..Tracer::ALL.len() {
-                let i = (round + k) % Tracer::ALL.len();
-                samples[i].push(run(Tracer::ALL[i])?);
-            }
-        }
-        print_overhead_table(pinned, &loops, runs, &samples);
+        let samples = interleaved(Tracer::ALL.len(), runs, |i| run(Tracer::ALL[i]))?;
+        let how = if pinned { "`taskset -c 0 perf bench sched pipe" } else { "`perf bench sched pipe" };
+        println!("\n{how} -l {loops}`, median of {runs} interleaved runs\n");
+        let labels: Vec<&str> = Tracer::ALL.iter().map(|t| t.label()).collect();
+        print_overhead_table(&labels, &samples);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-fn print_overhead_table(pinned: bool, loops: &str, runs: usize, samples: &[Vec<Sample>]) {
+/// Appends `perf bench sched pipe -l LOOPS` to `cmd`, pinned to CPU 0 if `pinned`.
+fn pipe_workload(cmd: &mut Command, pinned: bool, loops: &str) {
+    if pinned {
+        cmd.args(["taskset", "-c", "0"]);
+    }
+    cmd.args(["perf", "bench", "sched", "pipe", "-l", loops]);
+}
+
+/// One run of `perf bench sched pipe` (see `pipe_workload`); its output.
+fn pipe_bench(pinned: bool, loops: &str) -> Result<String> {
+    let mut cmd = Command::new("env");
+    pipe_workload(&mut cmd, pinned, loops);
+    let out = cmd.output().context("running perf bench")?;
+    if !out.status.success() {
+        bail!("perf bench failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `run(i)` for every one of `n` configurations, `runs` rounds, in an order that rotates
+/// every round so that drifts of the machine fall on every configuration alike.
+fn interleaved<T>(n: usize, runs: usize, mut run: impl FnMut(usize) -> Result<T>) -> Result<Vec<Vec<T>>> {
+    let mut samples: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for round in 0..runs {
+        for k in 0..n {
+            let i = (round + k) % n;
+            samples[i].push(run(i)?);
+        }
+    }
+    Ok(samples)
+}
+
+/// One run of a workload (`bench`, which prints perf bench's `usecs/op`) under `sched-trace
+/// record` (`cmd`, writing `trace`): the workload's speed, the file and what the recorder lost.
+fn sched_trace_sample(cmd: &mut Command, trace: &Path, bench: &dyn Fn() -> Result<String>) -> Result<Sample> {
+    let child = start_tracer(cmd, "sched-trace record", "sched-trace: recording", true)?;
+    let out = bench();
+    let rest = stop_tracer(child, "sched-trace record")?;
+    let out = out?;
+    let us = usecs_per_op(&out).with_context(|| format!("no usecs/op in {out}"))?;
+    let events = sched_trace_events(&rest.join("\n"))?;
+    let lost = rest
+        .iter()
+        .find_map(|l| {
+            let l = l.strip_prefix("sched-trace: ")?;
+            let n = l.strip_prefix("lost ").or_else(|| l.strip_prefix("LOST "))?;
+            grouped_number(n.split_whitespace().next()?)
+        })
+        .with_context(|| format!("sched-trace printed no loss count:\n{}", rest.join("\n")))?;
+    let bytes = std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
+    Ok(Sample { usecs_per_op: us, file: Some((bytes, events)), lost: Some(lost) })
+}
+
+/// The table of one overhead measurement: a row per configuration (`labels`, the first one the
+/// workload alone), its median, range and slowdown against the first.
+fn print_overhead_table(labels: &[&str], samples: &[Vec<Sample>]) {
     let med = |v: &[Sample]| median(v.iter().map(|s| s.usecs_per_op).collect());
     let spread = |v: &[Sample]| {
         let lo = v.iter().map(|s| s.usecs_per_op).fold(f64::INFINITY, f64::min);
@@ -314,13 +340,11 @@ fn print_overhead_table(pinned: bool, loops: &str, runs: usize, samples: &[Vec<S
         format!("{lo:.2}–{hi:.2}")
     };
     let alone = med(&samples[0]);
-    let how = if pinned { "`taskset -c 0 perf bench sched pipe" } else { "`perf bench sched pipe" };
-    println!("\n{how} -l {loops}`, median of {runs} interleaved runs\n");
     println!(
         "| tracer | µs per round trip (median) | range | slowdown | trace bytes per event | events | lost |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (tracer, v) in Tracer::ALL.iter().zip(samples) {
+    for (i, (label, v)) in labels.iter().zip(samples).enumerate() {
         let m = med(v);
         let (bpe, events) = match v.iter().find_map(|s| s.file) {
             Some(_) => {
@@ -335,9 +359,8 @@ fn print_overhead_table(pinned: bool, loops: &str, runs: usize, samples: &[Vec<S
             Some(l) => l.to_string(),
             None => String::new(),
         };
-        let slowdown =
-            if *tracer == Tracer::None { "1.000×".to_string() } else { format!("{:.3}×", m / alone) };
-        println!("| {} | {m:.2} | {} | {slowdown} | {bpe} | {events} | {lost} |", tracer.label(), spread(v));
+        let slowdown = if i == 0 { "1.000×".to_string() } else { format!("{:.3}×", m / alone) };
+        println!("| {label} | {m:.2} | {} | {slowdown} | {bpe} | {events} | {lost} |", spread(v));
     }
 }
 
