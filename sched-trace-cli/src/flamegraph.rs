@@ -187,11 +187,11 @@ pub fn build_from<R: std::io::Read>(
                 g.on_cpu(e.pid, e.tid, task, e.ts, (user_stack, kernel_stack));
             }
         }
-        for s in c.take_samples() {
-            if keep.keep(&s) {
-                g.wait(&s);
+        c.take_samples(|s| {
+            if keep.keep(s) {
+                g.wait(s);
             }
-        }
+        });
     }
     let tables = reader.into_tables()?;
     let finished = c.finish(tables.last_ts);

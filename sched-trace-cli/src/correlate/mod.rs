@@ -110,28 +110,22 @@ impl Correlator {
         Correlator { threads: self.threads.with_samples(), tasks: self.tasks.with_samples(), ..self }
     }
 
-    /// The samples the events so far completed (threads' and tasks').
-    pub fn take_samples(&mut self) -> impl Iterator<Item = Sample> + '_ {
+    /// Hands `f` the samples the events so far completed (threads', then tasks'), in place:
+    /// this runs after every event, so it allocates nothing.
+    pub fn take_samples(&mut self, mut f: impl FnMut(&Sample)) {
         let (threads, tasks) = (&mut self.threads, &mut self.tasks);
         // A thread's wait names the task the runtime had on it; a task's stolen time the stacks
         // its thread was preempted with.
-        let of_threads: Vec<Sample> = threads
-            .take_samples()
-            .map(|mut s| {
-                s.task = tasks.running_task(s.tid);
-                s
-            })
-            .collect();
-        let of_tasks: Vec<Sample> = tasks
-            .take_samples()
-            .map(|mut s| {
-                if s.metric == Metric::CfsStolen {
-                    s.stacks = threads.out_stacks(s.tid);
-                }
-                s
-            })
-            .collect();
-        of_threads.into_iter().chain(of_tasks)
+        for mut s in threads.take_samples() {
+            s.task = tasks.running_task(s.tid);
+            f(&s);
+        }
+        for mut s in tasks.take_samples() {
+            if s.metric == Metric::CfsStolen {
+                s.stacks = threads.out_stacks(s.tid);
+            }
+            f(&s);
+        }
     }
 
     /// The user task running on thread `tid` now, as the runtime's probes tell.
@@ -243,9 +237,7 @@ pub fn correlate_with<R: std::io::Read>(
         };
         c.event(&e, probe);
         if let Some(f) = opts.on_sample.as_mut() {
-            for s in c.take_samples() {
-                f(&s);
-            }
+            c.take_samples(|s| f(s));
         }
     }
     let info = reader.info().clone();

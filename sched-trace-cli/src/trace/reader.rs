@@ -91,11 +91,12 @@ pub struct TraceReader<R = BufReader<File>> {
     file_len: u64,
     info: TraceInfo,
     tables: TraceTables,
-    /// Events sorted and ready to hand out, from `ready_pos` on.
-    ready: Vec<Event>,
-    ready_pos: usize,
-    /// Events held back because a later chunk may still hold earlier ones.
-    carry: Vec<Event>,
+    /// Events in time order: `pending[next..ready]` are ready to hand out; those from `ready`
+    /// on are held back because a later chunk may still hold earlier ones. One buffer, so that
+    /// an event is copied once on its way from the chunk to the caller.
+    pending: Vec<Event>,
+    next: usize,
+    ready: usize,
     eof: bool,
     last_emitted: u64,
     /// Per thread, its last switch-out while runnable: (time, user instruction pointer).
@@ -193,9 +194,9 @@ impl<R: Read> TraceReader<R> {
             file_len,
             info,
             tables: TraceTables::default(),
-            ready: Vec::new(),
-            ready_pos: 0,
-            carry: Vec::new(),
+            pending: Vec::new(),
+            next: 0,
+            ready: 0,
             eof: false,
             last_emitted: 0,
             switched_out_at: Default::default(),
@@ -236,9 +237,9 @@ impl<R: Read> TraceReader<R> {
     /// The next event in timestamp order, or `None` at the end of the file.
     pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         loop {
-            if let Some(&e) = self.ready.get(self.ready_pos) {
-                self.ready_pos += 1;
-                let mut e = e;
+            if self.next < self.ready {
+                let mut e = self.pending[self.next];
+                self.next += 1;
                 match self.limits.check(&e) {
                     Ok(()) => {}
                     Err(super::validate::Unfit::Cpu) => {
@@ -261,13 +262,14 @@ impl<R: Read> TraceReader<R> {
                 self.tables.last_ts = self.tables.last_ts.max(e.ts);
                 return Ok(Some(e));
             }
-            self.ready.clear();
-            self.ready_pos = 0;
+            // Only the held-back events stay (a few milliseconds' worth of the last chunk).
+            self.pending.drain(..self.ready);
+            (self.next, self.ready) = (0, 0);
             if self.eof {
-                if self.carry.is_empty() {
+                if self.pending.is_empty() {
                     return Ok(None);
                 }
-                std::mem::swap(&mut self.ready, &mut self.carry);
+                self.ready = self.pending.len();
                 continue;
             }
             match self.next_chunk()? {
@@ -346,7 +348,7 @@ impl<R: Read> TraceReader<R> {
             match decode(buf) {
                 Ok(Decoded::Event(mut e, size)) => {
                     self.backdate_delayed_probe(&mut e);
-                    self.carry.push(e);
+                    self.pending.push(e);
                     buf = &buf[size..];
                     pos += size;
                 }
@@ -363,13 +365,12 @@ impl<R: Read> TraceReader<R> {
                 }
             }
         }
-        if !self.carry.is_sorted_by_key(|e| e.ts) {
-            self.carry.sort_by_key(|e| e.ts); // stable: equal timestamps keep file order
+        if !self.pending.is_sorted_by_key(|e| e.ts) {
+            self.pending.sort_by_key(|e| e.ts); // stable: equal timestamps keep file order
         }
-        let newest = self.carry.last().map_or(0, |e| e.ts);
+        let newest = self.pending.last().map_or(0, |e| e.ts);
         let horizon = newest.saturating_sub(REORDER_WINDOW_NS);
-        let split = self.carry.partition_point(|e| e.ts <= horizon);
-        self.ready.extend(self.carry.drain(..split));
+        self.ready = self.pending.partition_point(|e| e.ts <= horizon);
         Ok(())
     }
 

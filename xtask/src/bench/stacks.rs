@@ -143,11 +143,16 @@ impl Peer {
             ("/usr/sbin/offcputime-bpfcc", "bcc `offcputime-bpfcc` (Python, compiles at start)"),
         ] {
             // A one-second run tells whether it can attach here at all.
-            let probe = Command::new(program).arg("1").stdout(Stdio::null()).output();
+            let probe = Command::new(program).arg("1").output();
             match probe {
                 Ok(o) if o.status.success() => peers.push(Peer { label: label.to_string(), program }),
                 Ok(o) => {
-                    let err = String::from_utf8_lossy(&o.stderr);
+                    // bcc says why on either stream.
+                    let err = format!(
+                        "{}\n{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
                     let why = err
                         .lines()
                         .find(|l| l.contains("kernel headers") || l.starts_with("Exception"))
