@@ -72,11 +72,12 @@ fn perf_run_time(data: &Path) -> HashMap<u32, (u32, f64)> {
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| {
-            // "           refrt-m0[7102/7100]    7100        128      531.005  ..."
+            // "           refrt-m0[7102/7100]    7100        128      531.005  ..."; a process's
+            // main thread is "refrt[7100]".
             let f: Vec<&str> = l.split_whitespace().collect();
             let name = f.first()?;
             let ids = name.rsplit_once('[')?.1.strip_suffix(']')?;
-            let (tid, pid) = ids.split_once('/')?;
+            let (tid, pid) = ids.split_once('/').unwrap_or((ids, ids));
             let run_ms: f64 = f.get(3)?.parse().ok()?;
             Some((tid.parse().ok()?, (pid.parse().ok()?, run_ms * 1e6)))
         })
