@@ -17,8 +17,6 @@
 //! happens too: a thread switched in while the trace has it running still (its switch-out was
 //! not reported). Its run before that is left unattributed and counted as a missed switch-out.
 
-use std::collections::HashMap;
-
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::Serialize;
@@ -111,9 +109,9 @@ pub struct ThreadStats {
     /// is in the sleep total, but not among `sleeps_ns`, and no run-queue latency is known.
     pub missed_wakeups: u64,
     /// Waker thread → number of wake-ups.
-    pub wakers: HashMap<u32, u64>,
+    pub wakers: FxHashMap<u32, u64>,
     /// Thread that took the CPU → number of preemptions of this thread.
-    pub preempted_by: HashMap<u32, u64>,
+    pub preempted_by: FxHashMap<u32, u64>,
     pub exited: bool,
     /// Switch-ins the trace did not contain (see the module docs)...
     pub missed_switch_ins: u64,
@@ -270,7 +268,7 @@ pub struct CpuStats {
     /// Traced threads preempted on this CPU...
     pub preemptions: u64,
     /// ...and by whom (thread taking the CPU → count).
-    pub preempted_by: HashMap<u32, u64>,
+    pub preempted_by: FxHashMap<u32, u64>,
     /// Run-queue latencies of traced threads that got this CPU.
     pub latencies_ns: Vec<u64>,
     /// Traced threads moved here from another CPU, and away from here.

@@ -5,7 +5,7 @@ pub mod tasks;
 pub mod text;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::Path,
     time::{Duration, UNIX_EPOCH},
 };
@@ -221,7 +221,7 @@ impl Report {
     /// the correlation's: make it with the filter's window ([`Filter::window`]).
     pub fn build_filtered(path: &Path, c: &Correlation, filter: &Filter) -> Report {
         let names = TaskNames::new(&c.tables.tasks);
-        let peers = |m: &HashMap<u32, u64>| top_peers(m, &names);
+        let peers = |m: &rustc_hash::FxHashMap<u32, u64>| top_peers(m, &names);
         let selected: Vec<&ThreadStats> = c
             .threads
             .iter()
@@ -272,7 +272,7 @@ impl Report {
         let mut processes: Vec<ProcessReport> = by_pid
             .into_iter()
             .map(|(pid, ts)| {
-                let mut wakers: HashMap<u32, u64> = HashMap::new();
+                let mut wakers: rustc_hash::FxHashMap<u32, u64> = Default::default();
                 for t in &ts {
                     for (w, n) in &t.wakers {
                         *wakers.entry(*w).or_default() += n;
@@ -440,7 +440,7 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn top_peers(m: &HashMap<u32, u64>, names: &TaskNames) -> Vec<Peer> {
+fn top_peers(m: &rustc_hash::FxHashMap<u32, u64>, names: &TaskNames) -> Vec<Peer> {
     let mut v: Vec<(u32, u64)> = m.iter().map(|(k, n)| (*k, *n)).collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     v.truncate(TOP_PEERS);

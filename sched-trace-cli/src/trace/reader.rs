@@ -379,8 +379,12 @@ impl<R: Read> TraceReader<R> {
     /// switch-out shows it: the thread's user instruction pointer is just past the breakpoint
     /// (the probe site + 1), and the probe's record says which site it was (the kernel has
     /// rewound the pointer to the site by the time the program runs). The record goes back to
-    /// the moment of the switch-out.
+    /// the moment of the switch-out. (Nothing to do before any probe is in the probe table,
+    /// which comes before the first of its records: most traces have none.)
     fn backdate_delayed_probe(&mut self, e: &mut Event) {
+        if self.info.user_probes.is_empty() {
+            return;
+        }
         match &e.kind {
             // Any switch-out, voluntary ones included: the probe path can sleep (on the memory
             // map's lock) as well as be preempted.
