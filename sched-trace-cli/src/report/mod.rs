@@ -431,21 +431,13 @@ pub fn sum(durations: impl IntoIterator<Item = u64>) -> u64 {
     durations.into_iter().fold(0u64, u64::saturating_add)
 }
 
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[rank(sorted.len(), p)]
-}
-
 /// The index of the nearest-rank `p` percentile among `n` sorted values (`n` > 0).
 fn rank(n: usize, p: f64) -> usize {
     (((p / 100.0) * n as f64).ceil() as usize).clamp(1, n) - 1
 }
 
-/// The p50, p99 and maximum of `values` (nearest rank, as [`percentile`] of them sorted), found
-/// by selection instead of a sort: a report holds millions of run-queue latencies per thread,
+/// The nearest-rank p50 and p99 and the maximum of `values`, found by selection instead of a
+/// sort: a report holds millions of run-queue latencies per thread,
 /// process and CPU, and sorting them was a sixth of its time. Reorders `values`.
 pub fn percentiles(values: &mut [u64]) -> (u64, u64, u64) {
     if values.is_empty() {
@@ -453,7 +445,7 @@ pub fn percentiles(values: &mut [u64]) -> (u64, u64, u64) {
     }
     let (i50, i99) = (rank(values.len(), 50.0), rank(values.len(), 99.0));
     let (below, &mut p99, above) = values.select_nth_unstable(i99);
-    let max = above.iter().copied().max().unwrap_or(p99).max(p99);
+    let max = above.iter().copied().max().unwrap_or(p99);
     let p50 = if i50 == i99 { p99 } else { *below.select_nth_unstable(i50).1 };
     (p50, p99, max)
 }
@@ -475,6 +467,14 @@ fn top_peers(m: &rustc_hash::FxHashMap<u32, u64>, names: &TaskNames) -> Vec<Peer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nearest-rank percentile of sorted values: what [`percentiles`] must agree with.
+    fn percentile(sorted: &[u64], p: f64) -> u64 {
+        if sorted.is_empty() {
+            return 0;
+        }
+        sorted[rank(sorted.len(), p)]
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
