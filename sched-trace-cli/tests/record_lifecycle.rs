@@ -191,14 +191,13 @@ fn kill_9_leaves_a_readable_prefix() {
     let Some(_k) = kernel_probes() else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("killed.trace");
-    let mut storm = switch_storm(2_000_000);
+    let storm = switch_storm(2_000_000);
     let mut rec = spawn_record(&[], &out);
     wait_for_data(&out);
     std::thread::sleep(Duration::from_millis(700));
     signal(&rec, libc::SIGKILL);
     wait_timeout(&mut rec, Duration::from_secs(5));
-    let _ = storm.kill();
-    let _ = storm.wait();
+    drop(storm);
     assert_detached();
     let o = output(sched_trace().arg("report").arg(&out));
     assert!(o.status.success(), "a killed recording still reports: {}", stderr(&o));
@@ -225,11 +224,10 @@ fn a_full_disk_stops_the_recording_and_keeps_what_was_written() {
     }
     let _unmount = Unmount(&mnt);
     let out = mnt.join("full.trace");
-    let mut storm = switch_storm(3_000_000);
+    let storm = switch_storm(3_000_000);
     let mut rec = spawn_record(&["-d", "60s"], &out);
     let status = wait_timeout(&mut rec, Duration::from_secs(60));
-    let _ = storm.kill();
-    let _ = storm.wait();
+    drop(storm);
     let (_, err) = finish(rec);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("full.trace"), "{err}");
@@ -264,12 +262,11 @@ fn a_tiny_ring_buffer_loses_events_and_says_so() {
     let Some(_k) = kernel_probes() else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny.trace");
-    let mut storm = switch_storm(3_000_000);
+    let storm = switch_storm(3_000_000);
     let o = output(
         sched_trace().args(["record", "--quiet", "--ring-buffer-size", "4096", "-d", "2s", "-o"]).arg(&out),
     );
-    let _ = storm.kill();
-    let _ = storm.wait();
+    drop(storm);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("LOST"), "the summary says events were lost: {}", stderr(&o));
     let r = report_json(&out);

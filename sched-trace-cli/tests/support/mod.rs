@@ -68,13 +68,30 @@ pub fn stats_at(trace: &Path, cut: u64) -> Vec<ThreadStats> {
 }
 
 /// A background load of context switches: `perf bench sched pipe` for `loops` round trips.
-pub fn switch_storm(loops: u32) -> std::process::Child {
-    Command::new("perf")
+pub fn switch_storm(loops: u32) -> SwitchStorm {
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("perf")
         .args(["bench", "sched", "pipe", "-l", &loops.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
-        .expect("perf (linux-perf) is installed by cargo xtask setup")
+        .expect("perf (linux-perf) is installed by cargo xtask setup");
+    SwitchStorm(child)
+}
+
+/// A running `perf bench sched pipe`, in a process group of its own. Dropping it kills the whole
+/// group: killing perf alone leaves its two worker processes blocked on their pipes for good.
+pub struct SwitchStorm(std::process::Child);
+
+impl Drop for SwitchStorm {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the process group this storm leads.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        let _ = self.0.wait();
+    }
 }
 
 /// Names of the kernel programs sched-trace attaches, as `bpftool prog` lists them (truncated
