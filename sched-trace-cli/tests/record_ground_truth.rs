@@ -102,7 +102,7 @@ fn record_agrees_with_kernel_counters_and_workload() {
         assert!(on > 0 && exec > 0, "on-CPU time: {ctx}");
         assert!(on <= exec + steal + 300_000 && on + moved + gap + 300_000 >= exec, "on-CPU time: {ctx}");
         assert!(
-            runq + steal + 300_000 >= delay && runq <= delay + moved + steal + gap + 300_000,
+            runq + steal + gap + 300_000 >= delay && runq <= delay + moved + steal + gap + 300_000,
             "run-queue time: {ctx}"
         );
         let (both, kernel_both) = (on + runq, exec + delay);

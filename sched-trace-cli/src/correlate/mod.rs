@@ -138,8 +138,7 @@ impl Correlator {
     pub fn event(&mut self, e: &crate::trace::Event, probe: Option<(&str, &str)>) {
         // Close the segments of tasks running on the threads this event concerns, with the
         // thread state that held until now.
-        let proves_running =
-            !matches!(e.kind, EventKind::Switch(_) | EventKind::Rename { .. } | EventKind::CpuSample { .. });
+        let proves_running = e.kind.proves_current();
         if self.tasks.has_running(e.tid) {
             self.tasks.flush(e.tid, e.ts, self.threads.state(e.tid), proves_running);
         }

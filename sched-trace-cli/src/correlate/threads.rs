@@ -8,7 +8,8 @@
 //! Some switches never reach the trace: the kernel skips tracepoints in the context of tasks
 //! hidden from tracing (seen on sandboxed machines: the switch *out of* such a task is never
 //! reported), and a full ring buffer drops records. So a thread can be seen running (switching
-//! out, or firing a probe as the current task) while its last known state is off-CPU. Its
+//! out, firing a probe as the current task, or interrupted by a CPU sample) while its last
+//! known state is off-CPU. Its
 //! switch-in happened between the latest moment it is known not to have happened yet (its own
 //! off-CPU transition or the last switch seen on that CPU, whichever is later) and the event
 //! that shows it running. That window is not guessed into either side: it is counted as
@@ -384,10 +385,10 @@ impl ThreadTracker {
         &mut self.cpus[i]
     }
 
-    /// Keeps the per-CPU run-queue membership of `tid` in step with its state.
-    fn set_queued(&mut self, tid: u32, on: Option<u16>) {
-        let Some(t) = self.threads.get_mut(&tid) else { return };
-        let old = std::mem::replace(&mut t.queued_on, on);
+    /// Keeps the per-CPU run-queue membership of `tid` in step with its state: it was queued on
+    /// `old` and is now on `on` (the caller has set the thread's `queued_on`, from the thread it
+    /// holds: a second look-up per event would cost more than the rest of this).
+    fn requeue(&mut self, tid: u32, old: Option<u16>, on: Option<u16>) {
         if old == on {
             return;
         }
@@ -437,20 +438,14 @@ impl ThreadTracker {
     }
 
     pub fn event(&mut self, e: &Event) {
-        // Probes that fire in a thread's own context prove it is running.
-        let as_current = match e.kind {
-            // A rename may be done to another thread; a sample interrupts whoever runs.
-            EventKind::Rename { .. } | EventKind::CpuSample { .. } => false,
-            EventKind::Switch(_) => false, // handled with the switch-out
-            _ => true,
-        };
-        if as_current && self.in_scope(e.tid, e.pid) {
+        if e.kind.proves_current() && self.in_scope(e.tid, e.pid) {
             let last = self.last_switch_on(e.cpu);
             let t = self.thread(e.tid, e.pid, e.ts);
             match t.state {
                 ThreadState::Off { .. } => {
                     t.missed_switch_in(last, e.ts, e.cpu);
-                    self.set_queued(e.tid, None);
+                    let old = t.queued_on.take();
+                    self.requeue(e.tid, old, None);
                 }
                 ThreadState::Unknown => {
                     t.set_state(e.ts, ThreadState::Running { since: e.ts, cpu: e.cpu });
@@ -519,24 +514,26 @@ impl ThreadTracker {
                 {
                     *t.stats.wakers.entry(w).or_default() += 1;
                 }
+                let old = t.queued_on.replace(w.cpu as u16);
                 self.emit(sample);
-                self.set_queued(w.tid, Some(w.cpu as u16));
+                self.requeue(w.tid, old, Some(w.cpu as u16));
             }
             EventKind::Migrate { tid, pid, orig_cpu, dest_cpu } if self.in_scope(tid, pid) => {
                 let counted = self.window.contains(e.ts);
                 let t = self.thread(tid, pid, e.ts);
                 t.stats.migrations += counted as u64;
                 t.last_cpu = Some(dest_cpu as u16);
-                let queued = t.queued_on.is_some();
-                if queued {
+                let old = t.queued_on;
+                if old.is_some() {
                     // Placed anew in the other CPU's run queue: its vruntime is not known there.
                     t.vruntime = 0;
                     t.cfs_rq = 0;
+                    t.queued_on = Some(dest_cpu as u16);
                 }
                 self.cpu(orig_cpu as u16).migrations_out += counted as u64;
                 self.cpu(dest_cpu as u16).migrations_in += counted as u64;
-                if queued {
-                    self.set_queued(tid, Some(dest_cpu as u16));
+                if old.is_some() {
+                    self.requeue(tid, old, Some(dest_cpu as u16));
                 }
             }
             EventKind::Fork { child_pid, thread, followed, .. }
@@ -612,6 +609,8 @@ impl ThreadTracker {
             t.switched_out_at = matches!(new, ThreadState::Off { .. }).then_some(e.ts);
             (t.out_stacks, t.woken_with) = (s.prev_stacks, None);
             t.set_state(e.ts, new);
+            let queued = still_runnable.then_some(e.cpu);
+            let old = std::mem::replace(&mut t.queued_on, queued);
             let cpu = self.cpu(e.cpu);
             cpu.busy_ns = cpu.busy_ns.saturating_add(ran);
             if still_runnable && counted {
@@ -620,7 +619,7 @@ impl ThreadTracker {
                     *cpu.preempted_by.entry(s.next_tid).or_default() += 1;
                 }
             }
-            self.set_queued(e.tid, still_runnable.then_some(e.cpu));
+            self.requeue(e.tid, old, queued);
         }
         if self.in_scope(s.next_tid, s.next_pid) {
             let t = self.thread(s.next_tid, s.next_pid, e.ts);
@@ -664,7 +663,8 @@ impl ThreadTracker {
                 t.cfs_rq = s.next_cfs_rq;
             }
             let (next_vruntime, next_cfs_rq) = (t.vruntime, t.cfs_rq);
-            self.set_queued(s.next_tid, None);
+            let old = t.queued_on.take();
+            self.requeue(s.next_tid, old, None);
             if let Some(sample) = latency {
                 self.cpu(e.cpu).latencies_ns.push(sample.ns);
             }
@@ -918,6 +918,13 @@ mod tests {
         e2.insert(2, switch(250, 0, (W, P), IDLE, task_state::INTERRUPTIBLE, false));
         let s = run(&e2, 500);
         assert_eq!((s.runqueue_ns, s.unaccounted_ns), (150, 150));
+        // A CPU sample of T at 300 shows it running by then: only 100..300 is unaccounted, and
+        // the run from 300 to its switch-out is on-CPU time.
+        let mut e3 = e.clone();
+        e3.insert(2, ev(300, 0, T, P, EventKind::CpuSample { user_stack: -1, kernel_stack: -1, user_ip: 0 }));
+        let s = run(&e3, 500);
+        assert_eq!((s.on_cpu_ns, s.runqueue_ns, s.unaccounted_ns), (200, 0, 200));
+        assert_eq!(s.missed_switch_ins, 1);
     }
 
     #[test]

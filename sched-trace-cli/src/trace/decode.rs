@@ -32,14 +32,28 @@ pub(crate) struct Decoded {
     pub spares: Vec<Vec<u8>>,
 }
 
-/// Decodes `s`, into `out` and through `tmp` (buffers to reuse; their contents are dropped).
+/// Gives a reused buffer the length `len`, for a caller that overwrites all of it: what it
+/// held stays (zeroing megabytes that are about to be overwritten is a pass for nothing). When
+/// its allocation must grow, the old contents are dropped rather than copied over, and it
+/// grows by half again: chunks vary in size, and a buffer grown to fit exactly would be grown
+/// (and zeroed) again by the next larger one.
+pub(crate) fn resize_for_overwrite(buf: &mut Vec<u8>, len: usize) {
+    if buf.capacity() < len {
+        buf.clear();
+        buf.reserve(len.saturating_add(len / 2));
+    }
+    buf.resize(len, 0);
+}
+
+/// Decodes `s`, into `out` and through `tmp` (buffers to reuse, whatever they hold: it is
+/// overwritten).
 pub(crate) fn decode(s: Stored, mut out: Vec<u8>, mut tmp: Vec<u8>) -> Decoded {
     let (kind, offset) = (s.kind, s.offset);
     let mut spares = Vec::with_capacity(2);
     let payload = (|| {
         let payload = if s.flags & CHUNK_COMPRESSED != 0 {
-            tmp.clear();
-            tmp.resize(s.raw_len as usize, 0);
+            // The decompressor writes every byte it reports, and the count is checked.
+            resize_for_overwrite(&mut tmp, s.raw_len as usize);
             let n = lz4_flex::block::decompress_into(&s.bytes, &mut tmp)
                 .map_err(|e| format!("chunk does not decompress: {e}"))?;
             if n != tmp.len() {
@@ -59,7 +73,6 @@ pub(crate) fn decode(s: Stored, mut out: Vec<u8>, mut tmp: Vec<u8>) -> Decoded {
         if kind != ChunkKind::Events as u8 {
             return Err(format!("chunk of kind {kind} claims the columnar layout"));
         }
-        out.clear();
         let result = super::columnar::decode(&payload, &mut out);
         spares.push(payload);
         result.map(|()| std::mem::take(&mut out))

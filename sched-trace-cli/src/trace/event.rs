@@ -332,6 +332,17 @@ fn epoll_call_of(flags: u32) -> EpollCall {
     }
 }
 
+impl EventKind {
+    /// Whether this event shows that the thread it was recorded for was running on its CPU at
+    /// its timestamp: probes fire in their thread's own context, and a CPU sample interrupts
+    /// whoever runs (the perf event's timer cannot fire inside the switch, where interrupts are
+    /// off). A switch names its outgoing thread, which is handled with the switch itself; a
+    /// rename may be done to another thread.
+    pub fn proves_current(&self) -> bool {
+        !matches!(self, EventKind::Switch(_) | EventKind::Rename { .. })
+    }
+}
+
 impl Event {
     /// Threads this event names besides the current one (for task-table lookups).
     pub fn other_tids(&self) -> impl Iterator<Item = (u32, u32)> {

@@ -91,11 +91,11 @@ pub struct TraceReader<R = BufReader<File>> {
     file_len: u64,
     info: TraceInfo,
     tables: TraceTables,
-    /// Events in time order: `pending[next..ready]` are ready to hand out; those from `ready`
-    /// on are held back because a later chunk may still hold earlier ones. One buffer, so that
-    /// an event is copied once on its way from the chunk to the caller.
-    pending: Vec<Event>,
-    next: usize,
+    /// Events in time order: the first `ready` are ready to hand out; the others are held back
+    /// because a later chunk may still hold earlier ones. A ring, so that an event is copied
+    /// once on its way from the chunk to the caller (the held-back ones, about a chunk's worth,
+    /// stay where they are).
+    pending: std::collections::VecDeque<Event>,
     ready: usize,
     eof: bool,
     last_emitted: u64,
@@ -194,8 +194,7 @@ impl<R: Read> TraceReader<R> {
             file_len,
             info,
             tables: TraceTables::default(),
-            pending: Vec::new(),
-            next: 0,
+            pending: Default::default(),
             ready: 0,
             eof: false,
             last_emitted: 0,
@@ -237,9 +236,10 @@ impl<R: Read> TraceReader<R> {
     /// The next event in timestamp order, or `None` at the end of the file.
     pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         loop {
-            if self.next < self.ready {
-                let mut e = self.pending[self.next];
-                self.next += 1;
+            if self.ready > 0
+                && let Some(mut e) = self.pending.pop_front()
+            {
+                self.ready -= 1;
                 match self.limits.check(&e) {
                     Ok(()) => {}
                     Err(super::validate::Unfit::Cpu) => {
@@ -262,9 +262,6 @@ impl<R: Read> TraceReader<R> {
                 self.tables.last_ts = self.tables.last_ts.max(e.ts);
                 return Ok(Some(e));
             }
-            // Only the held-back events stay (a few milliseconds' worth of the last chunk).
-            self.pending.drain(..self.ready);
-            (self.next, self.ready) = (0, 0);
             if self.eof {
                 if self.pending.is_empty() {
                     return Ok(None);
@@ -285,11 +282,21 @@ impl<R: Read> TraceReader<R> {
         self.next_chunk()
     }
 
-    /// An empty buffer, from the spares if there is one.
-    fn buffer(&mut self) -> Vec<u8> {
-        let mut b = self.spare.pop().unwrap_or_default();
-        b.clear();
-        b
+    /// A buffer for `len` bytes from the spares if there is one (the smallest that holds them,
+    /// else the largest), holding what it held: every user overwrites the part it uses (see
+    /// [`super::decode::resize_for_overwrite`]). Chunks need buffers of two sizes, stored and
+    /// decoded; one too small would be grown, and zeroed, for every chunk.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let fits = |b: &Vec<u8>| b.capacity() >= len;
+        let pick = self
+            .spare
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| fits(b))
+            .min_by_key(|(_, b)| b.capacity())
+            .or_else(|| self.spare.iter().enumerate().max_by_key(|(_, b)| b.capacity()))
+            .map(|(i, _)| i);
+        pick.map(|i| self.spare.swap_remove(i)).unwrap_or_default()
     }
 
     fn take_chunk(&mut self, chunk: RawChunk) -> Result<(), TraceError> {
@@ -344,11 +351,16 @@ impl<R: Read> TraceReader<R> {
     fn take_events(&mut self, chunk: &RawChunk) -> Result<(), TraceError> {
         let mut buf = &chunk.payload[..];
         let mut pos = 0usize;
+        // Whether the held-back events and this chunk's are in time order, seen as they come
+        // (a second pass over a chunk's events would read them back from beyond the cache).
+        let (mut sorted, mut last) = (true, self.pending.back().map_or(0, |e| e.ts));
         while !buf.is_empty() {
             match decode(buf) {
                 Ok(Decoded::Event(mut e, size)) => {
                     self.backdate_delayed_probe(&mut e);
-                    self.pending.push(e);
+                    sorted &= e.ts >= last;
+                    last = e.ts;
+                    self.pending.push_back(e);
                     buf = &buf[size..];
                     pos += size;
                 }
@@ -365,10 +377,11 @@ impl<R: Read> TraceReader<R> {
                 }
             }
         }
-        if !self.pending.is_sorted_by_key(|e| e.ts) {
-            self.pending.sort_by_key(|e| e.ts); // stable: equal timestamps keep file order
+        if !sorted {
+            // Stable: equal timestamps keep file order.
+            self.pending.make_contiguous().sort_by_key(|e| e.ts);
         }
-        let newest = self.pending.last().map_or(0, |e| e.ts);
+        let newest = self.pending.back().map_or(0, |e| e.ts);
         let horizon = newest.saturating_sub(REORDER_WINDOW_NS);
         self.ready = self.pending.partition_point(|e| e.ts <= horizon);
         Ok(())
@@ -452,7 +465,8 @@ impl<R: Read> TraceReader<R> {
             return match self.read_stored()? {
                 None => Ok(None),
                 Some(stored) => {
-                    let (out, tmp) = (self.buffer(), self.buffer());
+                    let len = stored.raw_len as usize;
+                    let (out, tmp) = (self.buffer(len), self.buffer(len));
                     self.finish_decode(super::decode::decode(stored, out, tmp)).map(Some)
                 }
             };
@@ -463,7 +477,8 @@ impl<R: Read> TraceReader<R> {
         {
             match self.read_stored() {
                 Ok(Some(stored)) => {
-                    let buffers = [self.buffer(), self.buffer()];
+                    let len = stored.raw_len as usize;
+                    let buffers = [self.buffer(len), self.buffer(len)];
                     if let Some(p) = self.pool.as_mut() {
                         p.submit(stored, buffers);
                     }
@@ -480,7 +495,9 @@ impl<R: Read> TraceReader<R> {
 
     fn finish_decode(&mut self, d: super::decode::Decoded) -> Result<RawChunk, TraceError> {
         self.spare.extend(d.spares);
-        self.spare.truncate(8);
+        // Enough for every chunk in flight (three buffers each), so that none is allocated anew.
+        let in_flight = self.pool.as_ref().map_or(1, |p| 2 * p.workers() + 2);
+        self.spare.truncate(3 * in_flight);
         d.payload
             .map(|payload| RawChunk { kind: d.kind, offset: d.offset, payload })
             .map_err(|what| self.corrupt(d.offset, what))
@@ -507,8 +524,8 @@ impl<R: Read> TraceReader<R> {
             self.truncated(start);
             return Ok(None);
         }
-        let mut stored = self.buffer();
-        stored.resize(stored_len as usize, 0);
+        let mut stored = self.buffer(stored_len as usize);
+        super::decode::resize_for_overwrite(&mut stored, stored_len as usize); // the read fills it
         let got = read_full(&mut self.src, &mut stored).map_err(|e| TraceError::io(&self.path, e))?;
         if got < stored.len() {
             self.truncated(start);
