@@ -174,14 +174,16 @@ fn record_and_compare() -> (usize, u64, Vec<String>) {
         check("maximum delay", close(max, p_max, 0.05, 50_000.0), max, p_max);
         // timehist counts as run time the window before a switch-in nobody saw, which
         // sched-trace leaves unattributed; and it does not count the last run of a thread that
-        // exited (its final switch-out is filed under no thread).
+        // exited (its final switch-out is filed under no thread). The two tools' timestamps for
+        // one switch differ by the tracepoints' order, so 2% (1.06% was seen on a busy VM over
+        // 300 ms of a runtime thread).
         match run_time.get(&tid) {
             Some(&(_, p_run)) => {
                 let (mut on_cpu, gap) = (u(&t["on_cpu_ns"]) as f64, u(&t["unaccounted_ns"]) as f64);
                 if t["exited"] == true {
                     on_cpu -= last_run.get(&tid).copied().unwrap_or(0.0);
                 }
-                let ok = close(on_cpu, p_run, 0.01, 100_000.0)
+                let ok = close(on_cpu, p_run, 0.02, 100_000.0)
                     || (p_run >= on_cpu && p_run <= on_cpu + gap + 100_000.0);
                 check("run time (timehist)", ok, on_cpu, p_run);
             }
