@@ -174,9 +174,9 @@ fn record_and_compare() -> (usize, u64, Vec<String>) {
         check("maximum delay", close(max, p_max, 0.05, 50_000.0), max, p_max);
         // timehist counts as run time the window before a switch-in nobody saw, which
         // sched-trace leaves unattributed; and it does not count the last run of a thread that
-        // exited (its final switch-out is filed under no thread). The two tools' timestamps for
-        // one switch differ by the tracepoints' order, so 2% (1.06% was seen on a busy VM over
-        // 300 ms of a runtime thread).
+        // exited (its final switch-out is filed under no thread). 2%: a runtime thread was once
+        // 1.06% short of perf over 300 ms on a busy VM, with no unaccounted window to explain it
+        // (the cause is not known).
         match run_time.get(&tid) {
             Some(&(_, p_run)) => {
                 let (mut on_cpu, gap) = (u(&t["on_cpu_ns"]) as f64, u(&t["unaccounted_ns"]) as f64);

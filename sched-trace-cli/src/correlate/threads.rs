@@ -9,10 +9,9 @@
 //! hidden from tracing (seen on sandboxed machines: the switch *out of* such a task is never
 //! reported), and a full ring buffer drops records. So a thread can be seen running (switching
 //! out, firing a probe as the current task, or interrupted by a CPU sample) while its last
-//! known state is off-CPU. Its
-//! switch-in happened between the latest moment it is known not to have happened yet (its own
-//! off-CPU transition or the last switch seen on that CPU, whichever is later) and the event
-//! that shows it running. That window is not guessed into either side: it is counted as
+//! known state is off-CPU. Its switch-in happened between the latest moment it is known not to
+//! have happened yet (its own off-CPU transition or the last switch seen on that CPU, whichever
+//! is later) and the event that shows it running. That window is not guessed into either side: it is counted as
 //! unaccounted time, so on-CPU and off-CPU totals stay lower bounds and the gap is visible.
 //! Such missed switch-ins are counted, and give no run-queue latency sample. The other way round
 //! happens too: a thread switched in while the trace has it running still (its switch-out was
@@ -530,11 +529,10 @@ impl ThreadTracker {
                     t.cfs_rq = 0;
                     t.queued_on = Some(dest_cpu as u16);
                 }
+                let queued = t.queued_on;
                 self.cpu(orig_cpu as u16).migrations_out += counted as u64;
                 self.cpu(dest_cpu as u16).migrations_in += counted as u64;
-                if old.is_some() {
-                    self.requeue(tid, old, Some(dest_cpu as u16));
-                }
+                self.requeue(tid, old, queued);
             }
             EventKind::Fork { child_pid, thread, followed, .. }
                 if (followed || thread) && self.all_but.is_none() && self.pids.contains(&e.pid) =>
