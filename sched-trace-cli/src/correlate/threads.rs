@@ -17,12 +17,12 @@
 //! happens too: a thread switched in while the trace has it running still (its switch-out was
 //! not reported). Its run before that is left unattributed and counted as a missed switch-out.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
 use super::samples::{Metric, NO_STACKS, Sample, SampleCounts, SampleWaker, Window};
-use crate::trace::{Event, EventKind, event::Switch};
+use crate::trace::{Event, EventKind, event::Switch, validate::PID_MAX_LIMIT};
 
 /// `TASK_*` state bits (include/linux/sched.h); stable across kernels since 4.14.
 pub mod task_state {
@@ -290,12 +290,69 @@ pub enum Scope {
     Pids(Vec<u32>),
 }
 
+/// The tracked threads, found by thread id through a dense index: ids stay below
+/// [`PID_MAX_LIMIT`] (the reader drops events naming others), and a hash look-up for each thread
+/// of each event was a tenth of a report's reading thread. The index holds one `u32` per id up
+/// to the largest seen.
+#[derive(Default)]
+struct ThreadTable {
+    /// Per thread id, 1 + its place in `threads` (0: not tracked).
+    slot: Vec<u32>,
+    threads: Vec<Thread>,
+}
+
+impl ThreadTable {
+    fn get(&self, tid: u32) -> Option<&Thread> {
+        self.threads.get(self.index(tid)?)
+    }
+
+    /// The place of thread `tid` in `threads`, if tracked.
+    #[inline]
+    fn index(&self, tid: u32) -> Option<usize> {
+        let i = self.slot.get(tid as usize).copied().unwrap_or(0) as usize;
+        i.checked_sub(1)
+    }
+
+    /// Tracks `t` (a thread not tracked yet); returns its place.
+    #[cold]
+    fn insert(&mut self, t: Thread) -> usize {
+        let at = t.stats.tid as usize;
+        if self.slot.len() <= at {
+            self.slot.resize(at + 1, 0);
+        }
+        self.threads.push(t);
+        self.slot[at] = self.threads.len() as u32;
+        self.threads.len() - 1
+    }
+}
+
+/// A set of process ids (below [`PID_MAX_LIMIT`]), one bit each up to the largest.
+#[derive(Default)]
+struct PidSet(Vec<u64>);
+
+impl PidSet {
+    fn contains(&self, pid: u32) -> bool {
+        self.0.get(pid as usize / 64).is_some_and(|w| w & (1 << (pid % 64)) != 0)
+    }
+
+    fn insert(&mut self, pid: u32) {
+        if pid > PID_MAX_LIMIT {
+            return;
+        }
+        let at = pid as usize / 64;
+        if self.0.len() <= at {
+            self.0.resize(at + 1, 0);
+        }
+        self.0[at] |= 1 << (pid % 64);
+    }
+}
+
 /// Folds events into per-thread and per-CPU totals.
 pub struct ThreadTracker {
-    threads: FxHashMap<u32, Thread>,
+    threads: ThreadTable,
     /// `Some(recorder)`: every process but the recorder; `None`: only `pids`.
     all_but: Option<u32>,
-    pids: FxHashSet<u32>,
+    pids: PidSet,
     /// Per CPU, the time of the last switch seen there.
     last_switch: Vec<u64>,
     cpus: Vec<CpuStats>,
@@ -314,10 +371,14 @@ impl ThreadTracker {
     pub fn new(scope: Scope) -> Self {
         let (all_but, pids) = match scope {
             Scope::AllBut(recorder) => (Some(recorder), Default::default()),
-            Scope::Pids(p) => (None, p.into_iter().collect()),
+            Scope::Pids(p) => {
+                let mut set = PidSet::default();
+                p.into_iter().for_each(|pid| set.insert(pid));
+                (None, set)
+            }
         };
         ThreadTracker {
-            threads: FxHashMap::default(),
+            threads: ThreadTable::default(),
             all_but,
             pids,
             last_switch: Vec::new(),
@@ -363,12 +424,12 @@ impl ThreadTracker {
 
     /// The stacks thread `tid` last switched out with.
     pub fn out_stacks(&self, tid: u32) -> (i32, i32) {
-        self.threads.get(&tid).map_or(super::samples::NO_STACKS, |t| t.out_stacks)
+        self.threads.get(tid).map_or(super::samples::NO_STACKS, |t| t.out_stacks)
     }
 
     /// The state of thread `tid` right now (`Unknown` for a thread not tracked).
     pub fn state(&self, tid: u32) -> ThreadState {
-        self.threads.get(&tid).map_or(ThreadState::Unknown, |t| t.state)
+        self.threads.get(tid).map_or(ThreadState::Unknown, |t| t.state)
     }
 
     fn cpu(&mut self, cpu: u16) -> &mut CpuStats {
@@ -402,17 +463,19 @@ impl ThreadTracker {
         }
     }
 
+    /// Whether thread `tid` of process `pid` gets statistics (never an id no kernel hands out).
     fn in_scope(&self, tid: u32, pid: u32) -> bool {
         tid != 0
+            && tid <= PID_MAX_LIMIT
             && match self.all_but {
                 Some(recorder) => pid != recorder,
-                None => self.pids.contains(&pid),
+                None => self.pids.contains(pid),
             }
     }
 
-    fn thread(&mut self, tid: u32, pid: u32, ts: u64) -> &mut Thread {
-        let (record, window) = (self.record_timelines, self.window);
-        let t = self.threads.entry(tid).or_insert_with(|| Thread {
+    #[cold]
+    fn new_thread(&self, tid: u32, pid: u32, ts: u64) -> Thread {
+        Thread {
             stats: ThreadStats { tid, pid, first_ts: ts, ..Default::default() },
             state: ThreadState::Unknown,
             in_epoll: false,
@@ -423,12 +486,21 @@ impl ThreadTracker {
             vruntime: 0,
             cfs_rq: 0,
             queued_on: None,
-            record,
+            record: self.record_timelines,
             woken_by: None,
             last_cpu: None,
             switched_out_at: None,
-            window,
-        });
+            window: self.window,
+        }
+    }
+
+    #[inline]
+    fn thread(&mut self, tid: u32, pid: u32, ts: u64) -> &mut Thread {
+        let i = match self.threads.index(tid) {
+            Some(i) => i,
+            None => self.threads.insert(self.new_thread(tid, pid, ts)),
+        };
+        let t = &mut self.threads.threads[i];
         t.stats.last_ts = ts;
         if t.stats.pid == 0 {
             t.stats.pid = pid;
@@ -535,7 +607,7 @@ impl ThreadTracker {
                 self.requeue(tid, old, queued);
             }
             EventKind::Fork { child_pid, thread, followed, .. }
-                if (followed || thread) && self.all_but.is_none() && self.pids.contains(&e.pid) =>
+                if (followed || thread) && self.all_but.is_none() && self.pids.contains(e.pid) =>
             {
                 self.pids.insert(child_pid);
             }
@@ -682,7 +754,7 @@ impl ThreadTracker {
         let known = std::iter::once(picked).chain(
             self.runnable[cpu as usize]
                 .iter()
-                .filter_map(|tid| self.threads.get(tid))
+                .filter_map(|tid| self.threads.get(*tid))
                 .filter(|t| t.cfs_rq == cfs_rq)
                 .map(|t| t.vruntime),
         );
@@ -707,7 +779,8 @@ impl ThreadTracker {
         let cpus = self.cpus;
         let mut out: Vec<ThreadStats> = self
             .threads
-            .into_values()
+            .threads
+            .into_iter()
             .map(|mut t| {
                 match t.state {
                     ThreadState::Running { since, .. } => t.stats.on_cpu_ns += t.window.clip(since, end),
