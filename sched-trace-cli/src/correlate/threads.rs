@@ -869,6 +869,47 @@ mod tests {
     const IDLE: (u32, u32) = (0, 0);
 
     #[test]
+    fn threads_are_found_by_any_possible_id_and_never_by_an_impossible_one() {
+        // Ids at both ends of what a kernel hands out, in processes followed from the start and
+        // added by a fork, are tracked apart; an id beyond the limit (no reader hands one out)
+        // is not tracked at all.
+        const BIG: u32 = PID_MAX_LIMIT;
+        let fork = ev(
+            50,
+            0,
+            T,
+            P,
+            EventKind::Fork {
+                child_tid: BIG,
+                child_pid: BIG,
+                thread: false,
+                followed: true,
+                comm: Comm::new("c"),
+            },
+        );
+        let mut t = ThreadTracker::new(Scope::Pids(vec![P]));
+        for e in [
+            fork,
+            switch(100, 0, IDLE, (1, P), 0, false),
+            switch(200, 0, (1, P), (BIG, BIG), task_state::INTERRUPTIBLE, false),
+            switch(350, 0, (BIG, BIG), (BIG + 1, P), task_state::INTERRUPTIBLE, false),
+            switch(400, 0, (BIG + 1, P), (T, P), task_state::INTERRUPTIBLE, false),
+        ] {
+            t.event(&e);
+        }
+        let stats = t.finish(1_000);
+        let on_cpu: Vec<(u32, u64)> = stats.iter().map(|s| (s.tid, s.on_cpu_ns)).collect();
+        assert_eq!(on_cpu, vec![(1, 100), (T, 600), (BIG, 150)]);
+        let mut pids = PidSet::default();
+        for pid in [0, 63, 64, BIG, BIG + 1] {
+            pids.insert(pid);
+        }
+        let held: Vec<u32> =
+            [0, 1, 63, 64, 65, BIG - 1, BIG, BIG + 1].into_iter().filter(|p| pids.contains(*p)).collect();
+        assert_eq!(held, vec![0, 63, 64, BIG]);
+    }
+
+    #[test]
     fn vruntimes_are_compared_only_within_one_cfs_run_queue() {
         let sw = |ts, prev: (u32, u32), next: (u32, u32), (pv, pq): (u64, u64), (nv, nq): (u64, u64)| {
             let mut e = switch(ts, 0, prev, next, 0, true);
