@@ -374,9 +374,10 @@ fn marginal(out: &mut String, h: &Heatmap, p: &Panel, l: &Layout) {
     }
     let _ = writeln!(
         out,
-        r#"<text x="{x0:.1}" y="{:.1}" {FONT} font-size="11">all {} events by latency (log)</text></g>"#,
-        l.y - 6.0,
-        count(p.grid.events)
+        r#"<text x="{x0:.1}" y="{:.1}" {FONT} font-size="11">all {} events</text><text x="{x0:.1}" y="{:.1}" {FONT} font-size="11">by latency (log scale)</text></g>"#,
+        l.y - 20.0,
+        count(p.grid.events),
+        l.y - 6.0
     );
 }
 
