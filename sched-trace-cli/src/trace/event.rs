@@ -345,9 +345,6 @@ impl Fields<'_> {
     fn advance(&mut self, n: usize) {
         self.pos += n;
     }
-    fn copy_to_slice(&mut self, out: &mut [u8; COMM_LEN]) {
-        *out = self.take();
-    }
     fn get_u64_le(&mut self) -> u64 {
         u64::from_le_bytes(self.take())
     }
@@ -374,9 +371,7 @@ fn stacks(b: &mut Fields<'_>, legacy: bool) -> (i32, i32) {
 }
 
 fn get_comm(b: &mut Fields<'_>) -> Comm {
-    let mut c = [0u8; COMM_LEN];
-    b.copy_to_slice(&mut c);
-    Comm(c)
+    Comm(b.take())
 }
 
 fn epoll_call_of(flags: u32) -> EpollCall {
