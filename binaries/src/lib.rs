@@ -5,6 +5,9 @@
 
 use std::path::Path;
 
+pub mod go;
+pub mod go_layouts;
+
 /// Why a binary could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BinaryError {

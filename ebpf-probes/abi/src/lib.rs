@@ -122,6 +122,8 @@ pub mod names {
     pub const TRACED_PIDS_MAP: &str = "TRACED_PIDS";
     /// The stack map (`BPF_MAP_TYPE_STACK_TRACE`): stack id → frames.
     pub const STACKS_MAP: &str = "STACKS";
+    /// Go processes whose goroutines the probes read (tgid → [`super::GoIdentity`]).
+    pub const GO_PROCS_MAP: &str = "GO_PROCS";
 }
 
 /// Common header of every record: 24 bytes.
@@ -335,6 +337,46 @@ pub struct UsdtSpec {
     pub args: [UsdtArg; USER_TASK_ARGS],
 }
 
+/// How the probes read which goroutine a thread of one Go process runs (the identity level):
+/// the value of the `GO_PROCS` map, keyed by tgid. At a switch-out (and a CPU sample) of such a
+/// thread the probes follow its thread pointer to the current `g`, then `g.m.curg` to the user
+/// goroutine, and emit a [`UserTaskRecord`] with probe index `probe` and the arguments of
+/// [`go_identity_arg`], just before the record of the event itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoIdentity {
+    /// Offset of the current `g`'s slot from the thread pointer (`fsbase`).
+    pub tls_g: i64,
+    pub g_m: u32,
+    pub g_goid: u32,
+    pub g_atomicstatus: u32,
+    pub g_waitreason: u32,
+    pub g_startpc: u32,
+    pub m_curg: u32,
+    /// The probe index its records carry (an entry of the trace's probe table).
+    pub probe: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "aya")]
+// SAFETY: plain repr(C) data without padding, valid for any bit pattern.
+unsafe impl aya::Pod for GoIdentity {}
+
+/// The arguments of a Go identity record (see [`GoIdentity`]).
+pub mod go_identity_arg {
+    /// The goroutine's id (`curg.goid`); 0 when the thread ran no user goroutine (an idle M, the
+    /// scheduler with no goroutine).
+    pub const GOID: usize = 0;
+    /// `curg.startpc`: the function the goroutine was started with.
+    pub const STARTPC: usize = 1;
+    /// `curg.atomicstatus` (`_Grunning`, `_Gsyscall`, …).
+    pub const STATUS: usize = 2;
+    /// `curg.waitreason`.
+    pub const WAITREASON: usize = 3;
+    /// 1 when the thread was on another `g` than `curg` (its g0 or signal stack).
+    pub const ON_SYSTEM_STACK: usize = 4;
+}
+
 /// Most USDT probes one recording attaches.
 pub const MAX_USDT_PROBES: u32 = 1024;
 
@@ -399,6 +441,7 @@ const _: () = {
     assert!(size_of::<MmapRecord>() == 40);
     assert!(size_of::<UsdtArg>() == 24);
     assert!(size_of::<UsdtSpec>() == 8 + 24 * USER_TASK_ARGS);
+    assert!(size_of::<GoIdentity>() == 40);
     let mut k = 0;
     while k < kind::COUNT as u8 {
         if let Some(s) = record_size(k) {

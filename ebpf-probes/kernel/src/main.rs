@@ -28,8 +28,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sched_trace_abi::{
-    drop_slot, epoll_call, exit_flags, fork_flags, kind, switch_flags, usdt_arg, waking_flags, CpuSampleRecord,
-    EpollEnterRecord, EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, MigrateRecord, RecordHeader,
+    drop_slot, epoll_call, exit_flags, fork_flags, go_identity_arg, kind, switch_flags, usdt_arg, waking_flags,
+    CpuSampleRecord, EpollEnterRecord, EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, GoIdentity,
+    MigrateRecord, RecordHeader,
     MmapRecord, RenameRecord, SwitchRecord, UserTaskRecord, UsdtArg, UsdtSpec, WakeRecord, COMM_LEN,
     MAX_USDT_PROBES, NO_STACK, USER_TASK_ARGS,
 };
@@ -54,6 +55,10 @@ static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
 /// Threads inside an `mmap` with `PROT_EXEC` (tid → length asked for), from its entry to its exit.
 #[map]
 static MMAP_EXEC_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Go processes whose goroutines the probes read at switch-outs and samples (tgid → layout).
+#[map]
+static GO_PROCS: HashMap<u32, GoIdentity> = HashMap::with_max_entries(256, 0);
 
 #[map]
 static USDT_SPECS: Array<UsdtSpec> = Array::with_max_entries(MAX_USDT_PROBES, 0);
@@ -106,6 +111,9 @@ static TASK_CFS_RQ: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static TASK_STACK: u32 = u32::MAX;
 /// `pt_regs.orig_ax`: the syscall number for a syscall, negative for an interrupt.
+/// `task_struct.thread.fsbase`: the thread pointer of a task's user mode (x86-64).
+#[unsafe(no_mangle)]
+static TASK_FSBASE: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static PT_REGS_ORIG_AX: u32 = u32::MAX;
 /// `pt_regs.ip`.
@@ -304,6 +312,53 @@ fn emit_waking<T: 'static>(kind: u8, record: T, now: bool) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Go identity: which goroutine the current thread runs.
+
+/// Reads `T` from the current task's user memory; 0 when the page is not there.
+#[inline(always)]
+fn user<T: Default>(addr: u64) -> T {
+    if addr == 0 {
+        return T::default();
+    }
+    unsafe { bpf_probe_read_user(addr as *const T) }.unwrap_or_default()
+}
+
+/// When the current task `task` (thread `tid` of process `pid`) belongs to a Go process of
+/// `GO_PROCS`, emits which goroutine it runs (see [`GoIdentity`]). Five user-memory reads, no
+/// loop; nothing for other processes beyond one map lookup.
+#[inline(always)]
+fn go_identity(task: Task, tid: u32, pid: u32) {
+    let Some(layout) = (unsafe { GO_PROCS.get(&pid) }) else { return };
+    let fsbase = task.field::<u64>(global(&TASK_FSBASE));
+    if fsbase == 0 {
+        return;
+    }
+    // An unreadable g is emitted too (as no goroutine): keeping the previous one on the thread
+    // through whatever comes next would be worse than not knowing.
+    let g: u64 = user(fsbase.wrapping_add(layout.tls_g as u64));
+    let m: u64 = if g == 0 { 0 } else { user(g + layout.g_m as u64) };
+    let curg: u64 = if m == 0 { 0 } else { user(m + layout.m_curg as u64) };
+    let mut args = [0u64; USER_TASK_ARGS];
+    if curg != 0 {
+        args[go_identity_arg::GOID] = user::<u64>(curg + layout.g_goid as u64);
+        args[go_identity_arg::STARTPC] = user::<u64>(curg + layout.g_startpc as u64);
+        args[go_identity_arg::STATUS] = user::<u32>(curg + layout.g_atomicstatus as u64) as u64;
+        args[go_identity_arg::WAITREASON] = user::<u8>(curg + layout.g_waitreason as u64) as u64;
+    }
+    args[go_identity_arg::ON_SYSTEM_STACK] = (g != curg) as u64;
+    emit(
+        kind::USER_TASK,
+        UserTaskRecord {
+            header: header(kind::USER_TASK, core::mem::size_of::<UserTaskRecord>(), tid, pid, 0),
+            probe: layout.probe,
+            _pad: 0,
+            args,
+            ip: 0,
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Scheduler BTF tracepoints. Prototypes (checked by the loader):
 //   sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)
 //   sched_waking / sched_wakeup / sched_wakeup_new(task_struct *p)
@@ -334,8 +389,12 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     } else {
         0
     };
-    // `prev` is the current task: its stacks are the ones the helper walks.
+    // `prev` is the current task: its stacks are the ones the helper walks, and its goroutine
+    // the one its thread pointer leads to.
     let (prev_user_stack, prev_kernel_stack) = stacks(&ctx, prev_traced && global(&STACKS_OFFCPU) != 0);
+    if prev_traced {
+        go_identity(prev, prev_tid, prev_pid);
+    }
     emit(
         kind::SWITCH,
         SwitchRecord {
@@ -755,6 +814,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         return 0;
     }
     let (user_stack, kernel_stack) = stacks(&ctx, true);
+    go_identity(current, tid, pid);
     let regs = unsafe { bpf_task_pt_regs(current.0 as *mut _) } as u64;
     emit(
         kind::CPU_SAMPLE,

@@ -136,6 +136,21 @@ impl Correlator {
     /// Takes one event. `probe` names the user-level probe of a `UserTask` event
     /// (provider, name), from the trace's probe table.
     pub fn event(&mut self, e: &crate::trace::Event, probe: Option<(&str, &str)>) {
+        let transition = match e.kind {
+            EventKind::UserTask { args, .. } => {
+                probe.and_then(|(provider, name)| tasks::transition(provider, name, &args))
+            }
+            _ => None,
+        };
+        // An observation of which task the thread runs comes before the flush: a new task takes
+        // the stretch since the last event on the thread.
+        if let Some((task, Transition::Observed { start_pc })) = transition {
+            let since = match self.threads.state(e.tid) {
+                ThreadState::Running { since, .. } => since,
+                _ => e.ts,
+            };
+            self.tasks.observe(e.ts, e.pid, e.tid, (task != 0).then_some(task), start_pc, since);
+        }
         // Close the segments of tasks running on the threads this event concerns, with the
         // thread state that held until now.
         let proves_running = e.kind.proves_current();
@@ -148,10 +163,10 @@ impl Correlator {
             }
         }
         self.threads.event(e);
-        if let EventKind::UserTask { probe: index, args, .. } = e.kind {
+        if let EventKind::UserTask { probe: index, .. } = e.kind {
             *self.user_probe_hits.entry(index).or_default() += 1;
-            if let Some((task, t)) =
-                probe.and_then(|(provider, name)| tasks::transition(provider, name, &args))
+            if let Some((task, t)) = transition
+                && !matches!(t, Transition::Observed { .. })
             {
                 self.tasks.apply(e.ts, e.pid, e.tid, task, t);
             }
@@ -186,6 +201,18 @@ pub struct Finished {
     pub task_anomalies: TaskAnomalies,
     /// Per thread, its on-CPU time while it ran a user task.
     pub on_cpu_in_tasks: rustc_hash::FxHashMap<u32, u64>,
+}
+
+/// Names the tasks whose start function the trace's tables name (goroutines).
+pub fn name_tasks(tasks: &mut [TaskStats], tables: &TraceTables) {
+    if tables.go_start_functions.is_empty() {
+        return;
+    }
+    for t in tasks {
+        if let Some(pc) = t.start_pc {
+            t.name = tables.go_start_functions.get(&(t.pid, pc)).cloned();
+        }
+    }
 }
 
 /// How to correlate a trace.
@@ -242,7 +269,8 @@ pub fn correlate_with<R: std::io::Read>(
     let info = reader.info().clone();
     let tables = reader.into_tables()?;
     let last_ts = tables.last_ts;
-    let Finished { threads, cpus, tasks, user_probe_hits, task_anomalies, .. } = c.finish(last_ts);
+    let Finished { threads, cpus, mut tasks, user_probe_hits, task_anomalies, .. } = c.finish(last_ts);
+    name_tasks(&mut tasks, &tables);
     Ok(Correlation {
         threads,
         cpus,

@@ -1,5 +1,5 @@
-//! User-level tasks (reference-runtime tasks; goroutines later), joined with the kernel's view of
-//! the thread under each one.
+//! User-level tasks (reference-runtime tasks, goroutines), joined with the kernel's view of the
+//! thread under each one.
 //!
 //! The runtime's probes say when a task runs on a thread, parks (and why), is made runnable
 //! (and by whom), enters a blocking call, and exits. While a task runs on thread `t`, every
@@ -8,6 +8,13 @@
 //! preempted); blocked in the kernel (the thread slept: a page fault, a lock; or, inside a
 //! blocking section, the blocking call itself). Outside running, a task is waiting in a runtime
 //! queue (ready → run) or parked (park → ready, by reason).
+//!
+//! A runtime may instead only be *observed* (Go's identity level): at each switch-out and CPU
+//! sample of a thread, which task it runs, and nothing about the runtime's own transitions. Then
+//! the task observed owns the thread from the start of the stretch that ends there (the thread's
+//! switch-in, or the last event on it) and keeps it through the thread's off-CPU time after it
+//! (preempted: CFS-stolen; asleep in a syscall: blocked in the kernel) until another observation
+//! names someone else. Its time outside runs is not known (neither queued nor parked).
 
 use std::collections::HashMap;
 
@@ -66,23 +73,43 @@ pub enum Queue {
 /// queue the task went to, or ran on, when the runtime says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
-    Spawn { parent: Option<u64>, queue: Queue },
-    Run { p: Option<u64> },
-    Park { reason: ParkReason, fd: Option<u64> },
-    Ready { waker: Waker, queue: Queue },
+    Spawn {
+        parent: Option<u64>,
+        queue: Queue,
+    },
+    Run {
+        p: Option<u64>,
+    },
+    Park {
+        reason: ParkReason,
+        fd: Option<u64>,
+    },
+    Ready {
+        waker: Waker,
+        queue: Queue,
+    },
     Exit,
     BlockEnter,
     BlockExit,
+    /// The task is the one running on the thread now (`task` 0: none is), as sampled from outside
+    /// the runtime. `start_pc`: the function it started with.
+    Observed {
+        start_pc: u64,
+    },
 }
 
 /// Interprets a user-level probe hit as a task transition: `(task, transition)`, or `None` for
 /// probes that are not about one task (steals, M parking) or of unknown runtimes.
 pub fn transition(provider: &str, name: &str, args: &[u64]) -> Option<(u64, Transition)> {
     const NONE: u64 = u64::MAX;
+    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    if provider == "go" && name == "goroutine" {
+        use sched_trace_abi::go_identity_arg as a;
+        return Some((arg(a::GOID), Transition::Observed { start_pc: arg(a::STARTPC) }));
+    }
     if provider != "refrt" {
         return None;
     }
-    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
     let queue = |p: u64| if p == NONE { Queue::Global } else { Queue::Local(p) };
     let t = match name {
         "task_spawn" => Transition::Spawn { parent: (arg(1) != 0).then_some(arg(1)), queue: queue(arg(2)) },
@@ -175,6 +202,10 @@ pub struct TaskStats {
     pub pid: u32,
     pub task: u64,
     pub parent: Option<u64>,
+    /// The function it started with (a goroutine's `startpc`), when the runtime says.
+    pub start_pc: Option<u64>,
+    /// That function's name, from the trace's tables.
+    pub name: Option<String>,
     pub first_ts: u64,
     pub exited: bool,
     /// Running, with its thread on a CPU.
@@ -378,16 +409,7 @@ impl TaskTracker {
         let key = (pid, task);
         let (record, window) = (self.record_timelines, self.window);
         let counted = window.contains(ts);
-        let entry = self.tasks.entry(key).or_insert_with(|| Task {
-            stats: TaskStats { pid, task, first_ts: ts, ..Default::default() },
-            state: TaskState::Unknown,
-            in_blocking_call: false,
-            last_tid: None,
-            record,
-            runnable_by: None,
-            run_stolen: 0,
-            window,
-        });
+        let entry = self.tasks.entry(key).or_insert_with(|| Task::new(key, ts, record, window));
         // Samples this transition completes, emitted once `entry` is done with.
         let mut completed: [Option<Sample>; 2] = [None, None];
         // A task runs on one thread at a time: any transition into running, or into runnable by
@@ -496,10 +518,55 @@ impl TaskTracker {
             }
             Transition::BlockEnter => entry.in_blocking_call = true,
             Transition::BlockExit => entry.in_blocking_call = false,
+            // Observations go through `observe`.
+            Transition::Observed { .. } => {}
         }
         for s in completed {
             self.emit(s);
         }
+    }
+
+    /// An observation (see the module's comment): thread `tid` of process `pid` runs task `task`
+    /// (`None`: no task) at `ts`. `since`: where the stretch of the thread that ends at `ts`
+    /// began (its switch-in), used when no task was on it. Call before the thread's segment is
+    /// flushed to `ts`: a change of task gives the whole unflushed stretch to the new task.
+    pub fn observe(&mut self, ts: u64, pid: u32, tid: u32, task: Option<u64>, start_pc: u64, since: u64) {
+        let current = self.running.get(&tid).copied();
+        let new = task.map(|t| (pid, t));
+        if current.map(|(k, _)| k) == new {
+            return;
+        }
+        // The change happened somewhere in the unflushed stretch: at its start.
+        let at = current.map_or(since, |(_, from)| from).min(ts);
+        if let Some((old, _)) = current {
+            self.running.remove(&tid);
+            if let Some(o) = self.tasks.get_mut(&old) {
+                let cut = o.set_state(at, TaskState::Unknown);
+                self.emit(cut);
+            }
+        }
+        let Some(key) = new else { return };
+        let (record, window) = (self.record_timelines, self.window);
+        let entry = self.tasks.entry(key).or_insert_with(|| Task::new(key, at, record, window));
+        if start_pc != 0 {
+            entry.stats.start_pc = Some(start_pc);
+        }
+        // Seen on another thread until now: that run ends where this one starts.
+        if let Some(elsewhere) = entry.running_on()
+            && self.running.get(&elsewhere).is_some_and(|(k, _)| *k == key)
+        {
+            self.running.remove(&elsewhere);
+        }
+        if window.contains(at) {
+            entry.stats.runs += 1;
+            if entry.last_tid.is_some_and(|last| last != tid) {
+                entry.stats.thread_changes += 1;
+            }
+        }
+        entry.last_tid = Some(tid);
+        let cut = entry.set_state(at, TaskState::Running { tid, since: at });
+        self.running.insert(tid, (key, at));
+        self.emit(cut);
     }
 
     /// Task `key` stopped running (a park or an exit fired on `tid`); `ran_on`: the thread the
@@ -560,6 +627,20 @@ impl TaskTracker {
 }
 
 impl Task {
+    /// A task first seen at `ts`, its state not known yet.
+    fn new((pid, task): TaskKey, ts: u64, record: bool, window: Window) -> Task {
+        Task {
+            stats: TaskStats { pid, task, first_ts: ts, ..Default::default() },
+            state: TaskState::Unknown,
+            in_blocking_call: false,
+            last_tid: None,
+            record,
+            runnable_by: None,
+            run_stolen: 0,
+            window,
+        }
+    }
+
     fn running_on(&self) -> Option<u32> {
         match self.state {
             TaskState::Running { tid, .. } => Some(tid),
@@ -697,6 +778,47 @@ mod tests {
         assert_eq!(s.queue_latencies_ns, vec![8]);
         assert_eq!(s.wakers.get(&Waker::Task(2)), None);
         assert_eq!(s.parent, Some(1));
+    }
+
+    #[test]
+    fn an_observed_task_owns_its_thread_from_the_stretch_it_was_seen_in() {
+        let mut t = TaskTracker::default();
+        // Goroutine 7 seen at a switch-out at 100, its thread on CPU since 50.
+        t.observe(100, 1, 10, Some(7), 0xabc, 50);
+        t.flush(10, 100, RUNNING, false);
+        // Preempted at 100, back at 160: CFS-stolen, the runtime still has it running.
+        t.flush(10, 160, off(OffCpu::Preempted), false);
+        // At 200 the thread runs goroutine 8: it takes the stretch since 160.
+        t.observe(200, 1, 10, Some(8), 0, 160);
+        t.flush(10, 200, RUNNING, false);
+        // At 250 no goroutine: 8's run ended at the last event (200), 200–250 is no one's.
+        t.observe(250, 1, 10, None, 0, 200);
+        t.flush(10, 250, RUNNING, false);
+        // The same goroutine seen again on the same thread changes nothing.
+        t.observe(300, 1, 11, Some(7), 0xabc, 280);
+        t.observe(320, 1, 11, Some(7), 0xabc, 280);
+        t.flush(11, 320, RUNNING, false);
+        assert_eq!(t.anomalies().total(), 0, "observations never contradict each other");
+        let all = t.finish(400, |_| RUNNING);
+        let (seven, eight) = (&all[0], &all[1]);
+        // On thread 11 from 280 to the end (400).
+        assert_eq!((seven.task, seven.on_cpu_ns, seven.cfs_stolen_ns), (7, 50 + 120, 60));
+        assert_eq!((seven.runs, seven.thread_changes, seven.start_pc), (2, 1, Some(0xabc)));
+        assert_eq!((eight.task, eight.on_cpu_ns, eight.cfs_stolen_ns, eight.runs), (8, 40, 0, 1));
+        assert_eq!(eight.run_intervals, vec![RunInterval { start: 160, end: 200, tid: 10 }]);
+    }
+
+    #[test]
+    fn reads_the_go_identity_records() {
+        assert_eq!(
+            transition("go", "goroutine", &[31, 0x4a0, 2, 0, 0]),
+            Some((31, Transition::Observed { start_pc: 0x4a0 }))
+        );
+        assert_eq!(
+            transition("go", "goroutine", &[0, 0, 0, 0, 1]),
+            Some((0, Transition::Observed { start_pc: 0 }))
+        );
+        assert_eq!(transition("go", "other", &[1, 2, 3, 4, 5]), None);
     }
 
     #[test]

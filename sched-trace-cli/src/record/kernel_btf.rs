@@ -27,6 +27,8 @@ pub struct TaskOffsets {
     pub cfs_rq: Option<u32>,
     /// `task_struct.stack`, the base of the kernel stack (tells interrupt context apart).
     pub stack: Option<u32>,
+    /// `thread.fsbase`: the user-mode thread pointer (x86-64), which leads to a Go thread's `g`.
+    pub fsbase: Option<u32>,
 }
 
 impl TaskOffsets {
@@ -39,6 +41,7 @@ impl TaskOffsets {
             ("se.load.weight", self.weight),
             ("se.cfs_rq", self.cfs_rq),
             ("stack", self.stack),
+            ("thread.fsbase", self.fsbase),
         ] {
             if off.is_some() {
                 v.push(name.to_string());
@@ -88,6 +91,7 @@ impl KernelBtf {
             weight: self.member_offset(&task, "se.load.weight"),
             cfs_rq: self.member_offset(&task, "se.cfs_rq"),
             stack: self.member_offset(&task, "stack"),
+            fsbase: self.member_offset(&task, "thread.fsbase"),
         })
     }
 

@@ -4,6 +4,7 @@
 //! records to the sink thread that writes the trace file. Stop on the command's exit, when every
 //! traced PID is gone, after a duration, or on SIGINT/SIGTERM, and always leave a complete file.
 
+pub mod go;
 pub mod host;
 pub mod kernel_btf;
 pub mod mappings;
@@ -238,6 +239,29 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut usdt = UsdtCatalog::new(opts.usdt, &kernel);
     let mut skipped = Vec::new();
     let initial_probes = usdt.add(&binaries, &mut skipped);
+    // Go programs among the targets: their goroutines are read at every switch-out.
+    let mut go_programs = go::GoPrograms::default();
+    let mut go_unsupported = Vec::new();
+    let mut go_layouts = Vec::new();
+    let go_targets = command
+        .iter()
+        .map(|c| (c.pid(), c.program().to_path_buf()))
+        .chain(opts.pids.iter().map(|&p| (p, PathBuf::from(format!("/proc/{p}/exe")))));
+    for (pid, path) in go_targets {
+        match go::inspect(pid, &path) {
+            go::Inspected::NotGo => {}
+            go::Inspected::Unsupported(info) => go_unsupported.push(info),
+            go::Inspected::Go(binary) => {
+                let index = usdt.table.len() as u32;
+                if let Some((probe, layout)) =
+                    go_programs.follow(pid, binary, index, kernel.task.fsbase.is_some())
+                {
+                    usdt.push_runtime_probe(probe);
+                    go_layouts.push((pid, layout));
+                }
+            }
+        }
+    }
 
     // The file first: an unwritable path fails before anything is loaded into the kernel.
     let mut info = trace_info(&opts, target, &kernel);
@@ -271,6 +295,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     for &pid in &filter_pids {
         probes.trace_pid(pid)?;
     }
+    for (pid, layout) in go_layouts {
+        probes.follow_goroutines(pid, layout)?;
+    }
     let ring = probes.take_events()?;
     let counters = probes.take_counters()?;
     probes.attach_all()?;
@@ -303,6 +330,12 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     // The channel is empty: this cannot fail for lack of room, only if the sink already died,
     // which the join below reports.
     let _ = tx.try_send(SinkMsg::Tasks(initial_tasks));
+    for info in go_unsupported {
+        let _ = tx.try_send(SinkMsg::Go(go_programs.unsupported(info)));
+    }
+    if let Some(table) = go_programs.table(true) {
+        let _ = tx.try_send(SinkMsg::Go(table));
+    }
 
     if let Some(c) = command.as_mut() {
         c.release()?;
@@ -328,6 +361,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             malformed: 0,
             mappings: opts.stacks.any().then(MappingScanner::default),
             stack_kinds: stack_kinds(&opts.stacks),
+            go: go_programs,
+            go_checked: Default::default(),
         },
         tx,
         status: StatusLine::new(opts.progress && std::io::stderr().is_terminal()),
@@ -343,6 +378,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     session.drain_now();
     let final_drops = session.losses(true);
     let _ = session.flush().await;
+    if let Some(table) = session.drained.go.table(true) {
+        let _ = session.send(SinkMsg::Go(table)).await;
+    }
     if let Some(map) = &stack_map {
         session.send_stacks(map).await;
     }
@@ -566,6 +604,12 @@ impl UsdtCatalog {
         start..self.table.len()
     }
 
+    /// Adds the probe-table entry of a runtime adapter's records (no USDT probe to attach).
+    fn push_runtime_probe(&mut self, probe: crate::trace::UserProbe) {
+        self.table.push(probe);
+        self.specs.push(sched_trace_abi::UsdtSpec::default());
+    }
+
     /// Attaches the probes of `added` (a range [`Self::add`] returned).
     fn attach(&self, probes: &mut Probes, added: std::ops::Range<usize>) -> Result<(), RecordError> {
         for (probe, spec) in self.table[added.clone()].iter().zip(&self.specs[added]) {
@@ -661,6 +705,9 @@ const BATCH_BYTES: usize = 256 << 10;
 /// reader early only when an eighth of the ring buffer is waiting).
 const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 /// After the command exits, keep draining this long so its last switches are in the trace.
+/// How long into a recording the Go processes' layouts are checked on the live process (a
+/// launched command needs a moment to start its runtime).
+const GO_CHECK_AFTER: Duration = Duration::from_millis(200);
 const EXIT_GRACE: Duration = Duration::from_millis(50);
 /// After forwarding a signal to the command, wait this long for it to exit.
 const SIGNAL_GRACE: Duration = Duration::from_secs(3);
@@ -723,6 +770,7 @@ impl Session {
                     self.attach_new_executables(&execs, probes, usdt).await?;
                     self.flush().await?;
                     self.scan_mappings().await?;
+                    self.check_go_programs(probes).await?;
                     if last_status.elapsed() >= Duration::from_secs(1) {
                         last_status = Instant::now();
                         if let Ok(d) = self.losses(false) {
@@ -795,6 +843,33 @@ impl Session {
         }
     }
 
+    /// Checks the runtime layout of Go processes on the live process once their runtime runs
+    /// (a fifth of a second into the recording), and writes the names of the goroutines' start
+    /// functions seen so far.
+    async fn check_go_programs(&mut self, probes: &mut Probes) -> Result<(), RecordError> {
+        if self.drained.go.is_empty() {
+            return Ok(());
+        }
+        let mut changed = false;
+        if self.started.elapsed() >= GO_CHECK_AFTER {
+            for pid in self.drained.go.pids() {
+                if !self.drained.go_checked.insert(pid) {
+                    continue;
+                }
+                changed = true;
+                if let Some(Err(why)) = self.drained.go.check_live(pid) {
+                    self.status.clear();
+                    eprintln!("sched-trace: PID {pid}: {why}");
+                    probes.forget_goroutines(pid)?;
+                }
+            }
+        }
+        if let Some(table) = self.drained.go.table(changed) {
+            self.send(SinkMsg::Go(table)).await?;
+        }
+        Ok(())
+    }
+
     /// Attaches the USDT probes of executables that traced processes just exec'd. Their first
     /// moments (before the attach) are not probed; the scheduler events are all there.
     async fn attach_new_executables(
@@ -806,6 +881,37 @@ impl Session {
         if let Some(m) = self.drained.mappings.as_mut() {
             for &pid in exec_pids {
                 m.changed(pid);
+            }
+        }
+        let mut go_probes = Vec::new();
+        for &pid in exec_pids {
+            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+            // The launched command's own exec: followed since before it.
+            if self.drained.go.follows(pid, &exe) {
+                continue;
+            }
+            match go::inspect(pid, &exe) {
+                go::Inspected::NotGo => {}
+                go::Inspected::Unsupported(info) => {
+                    let table = self.drained.go.unsupported(info);
+                    self.send(SinkMsg::Go(table)).await?;
+                }
+                go::Inspected::Go(binary) => {
+                    let index = usdt.table.len() as u32;
+                    let fsbase = probes.fsbase_known();
+                    if let Some((probe, layout)) = self.drained.go.follow(pid, binary, index, fsbase) {
+                        usdt.push_runtime_probe(probe.clone());
+                        go_probes.push(probe);
+                        // The probe table first: it must precede the records of the probe.
+                        self.send(SinkMsg::Probes { added: go_probes.clone(), skipped: Vec::new() }).await?;
+                        go_probes.clear();
+                        probes.follow_goroutines(pid, layout)?;
+                        self.drained.go_checked.remove(&pid);
+                    }
+                    if let Some(table) = self.drained.go.table(true) {
+                        self.send(SinkMsg::Go(table)).await?;
+                    }
+                }
             }
         }
         if exec_pids.is_empty() || !usdt.enabled {
@@ -925,6 +1031,10 @@ struct Drained {
     mappings: Option<MappingScanner>,
     /// ...in records of these kinds (a bit per kind).
     stack_kinds: u32,
+    /// The Go programs being followed (their goroutines' start pcs are named as they are seen)...
+    go: go::GoPrograms,
+    /// ...and those whose layout was checked on the live process.
+    go_checked: std::collections::HashSet<u32>,
 }
 
 /// The record kinds that carry stacks under `s`, a bit per kind.
@@ -953,6 +1063,18 @@ fn drain(ring: &mut RingBuf<MapData>, d: &mut Drained) -> Vec<u32> {
         let pid = || u32::from_le_bytes([item[pid_at], item[pid_at + 1], item[pid_at + 2], item[pid_at + 3]]);
         if k == kind::EXEC {
             execs.push(pid());
+        }
+        if k == kind::USER_TASK && !d.go.is_empty() {
+            let word =
+                |at: usize| item.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+            let probe_at = std::mem::offset_of!(sched_trace_abi::UserTaskRecord, probe);
+            let args_at = std::mem::offset_of!(sched_trace_abi::UserTaskRecord, args);
+            let probe =
+                item.get(probe_at..probe_at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+            let args: [u64; 2] = [word(args_at).unwrap_or(0), word(args_at + 8).unwrap_or(0)];
+            if let Some(probe) = probe {
+                d.go.saw(pid(), probe, &args);
+            }
         }
         if k == kind::MMAP_EXEC
             && let Some(m) = d.mappings.as_mut()

@@ -137,6 +137,8 @@ impl StackOptions {
 /// Loaded (and, after [`Probes::attach_all`], attached) kernel programs.
 pub struct Probes {
     bpf: Ebpf,
+    /// The kernel exposes `task_struct.thread.fsbase` (goroutines can be read).
+    fsbase_known: bool,
 }
 
 /// Every attach point, as `kind:name`: what a recording uses when `attach_all` succeeds.
@@ -165,6 +167,7 @@ impl Probes {
         let weight = config.task.weight.unwrap_or(none);
         let cfs_rq = config.task.cfs_rq.unwrap_or(none);
         let stack = config.task.stack.unwrap_or(none);
+        let fsbase = config.task.fsbase.unwrap_or(none);
         let orig_ax = config.orig_ax.unwrap_or(none);
         let ip = config.ip.unwrap_or(none);
         // Wake the reader when an eighth of the ring buffer is waiting; it drains on a timer
@@ -189,6 +192,7 @@ impl Probes {
             .override_global("TASK_WEIGHT", &weight, true)
             .override_global("TASK_CFS_RQ", &cfs_rq, true)
             .override_global("TASK_STACK", &stack, true)
+            .override_global("TASK_FSBASE", &fsbase, true)
             .override_global("PT_REGS_ORIG_AX", &orig_ax, true)
             .override_global("PT_REGS_IP", &ip, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -205,7 +209,7 @@ impl Probes {
                 what: "loading the probes' object (maps and BTF)".into(),
                 source: Box::new(e),
             })?;
-        let mut probes = Probes { bpf };
+        let mut probes = Probes { bpf, fsbase_known: config.task.fsbase.is_some() };
         probes.load_programs()?;
         Ok(probes)
     }
@@ -255,6 +259,34 @@ impl Probes {
         let mut pids: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(map).map_err(|e| map_error(names::TRACED_PIDS_MAP, e))?;
         pids.insert(pid, 1, 0).map_err(|e| map_error(names::TRACED_PIDS_MAP, e))
+    }
+
+    /// Whether the probes can read goroutines on this kernel.
+    pub fn fsbase_known(&self) -> bool {
+        self.fsbase_known
+    }
+
+    /// Has the probes read which goroutine each thread of Go process `pid` runs.
+    pub fn follow_goroutines(
+        &mut self,
+        pid: u32,
+        layout: sched_trace_abi::GoIdentity,
+    ) -> Result<(), RecordError> {
+        let map = self.bpf.map_mut(names::GO_PROCS_MAP).ok_or_else(|| missing_map(names::GO_PROCS_MAP))?;
+        let mut procs: BpfHashMap<_, u32, sched_trace_abi::GoIdentity> =
+            BpfHashMap::try_from(map).map_err(|e| map_error(names::GO_PROCS_MAP, e))?;
+        procs.insert(pid, layout, 0).map_err(|e| map_error(names::GO_PROCS_MAP, e))
+    }
+
+    /// Stops reading the goroutines of process `pid` (its layout failed a check).
+    pub fn forget_goroutines(&mut self, pid: u32) -> Result<(), RecordError> {
+        let map = self.bpf.map_mut(names::GO_PROCS_MAP).ok_or_else(|| missing_map(names::GO_PROCS_MAP))?;
+        let mut procs: BpfHashMap<_, u32, sched_trace_abi::GoIdentity> =
+            BpfHashMap::try_from(map).map_err(|e| map_error(names::GO_PROCS_MAP, e))?;
+        match procs.remove(&pid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_error(names::GO_PROCS_MAP, e)),
+        }
     }
 
     /// Removes process `pid` from the kernel-side filter (after it exited).

@@ -45,6 +45,8 @@ pub enum SinkMsg {
     Mappings(Vec<MappingsChunk>),
     /// The kernel functions of the kernel stacks.
     KernelSymbols(KernelSymbols),
+    /// Traced Go programs and the start functions of their goroutines.
+    Go(crate::trace::format::GoChunk),
 }
 
 /// Progress, shared with the status line.
@@ -124,6 +126,7 @@ impl Sink {
                     }
                 }
                 SinkMsg::KernelSymbols(k) => self.writer.write_kernel_symbols(&k)?,
+                SinkMsg::Go(g) => self.writer.write_go(&g)?,
                 SinkMsg::Drops(d) => {
                     if self.last_drops.as_ref() != Some(&d) {
                         self.writer.write_drops(&d)?;

@@ -29,6 +29,9 @@ pub struct Report {
     pub threads: Vec<ThreadReport>,
     /// User-level (USDT) probes attached, with their hits.
     pub user_probes: Vec<UserProbeReport>,
+    /// Go programs that were traced, and how their goroutines were followed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub go: Vec<crate::trace::format::GoProcess>,
     /// User-level tasks joined with their threads' scheduling (when the trace has runtime probes).
     pub tasks: Option<TaskSection>,
     /// What CFS did on each CPU (to the traced threads).
@@ -381,6 +384,13 @@ impl Report {
             processes,
             threads,
             user_probes,
+            go: c
+                .tables
+                .go_processes
+                .iter()
+                .filter(|p| filter.pid.is_none_or(|pid| pid == p.pid))
+                .cloned()
+                .collect(),
             tasks: TaskSection::build(&tasks),
             samples,
             cpus: tasks::cpu_reports(&c.cpus, &names)

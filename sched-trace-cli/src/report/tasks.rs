@@ -75,6 +75,9 @@ pub struct TaskWaker {
 pub struct TaskReport {
     pub pid: u32,
     pub task: u64,
+    /// The function it started with (goroutines), by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_function: Option<String>,
     pub parent: Option<u64>,
     pub exited: bool,
     pub runs: u64,
@@ -116,6 +119,20 @@ pub struct TaskSection {
     pub by_cost: Vec<TopTasks>,
     /// Every task (after the filters), by running time.
     pub tasks: Vec<TaskReport>,
+    /// Tasks grouped by the function they started with (goroutines; empty otherwise), by
+    /// running time: the way `go tool trace` groups goroutines.
+    pub by_start_function: Vec<StartFunctionGroup>,
+}
+
+/// The tasks that started with one function.
+#[derive(Debug, Serialize)]
+pub struct StartFunctionGroup {
+    pub pid: u32,
+    pub start_function: String,
+    pub tasks: u64,
+    pub exited: u64,
+    #[serde(flatten)]
+    pub costs: TaskCosts,
 }
 
 /// How many tasks each "top by cost" list names.
@@ -158,6 +175,24 @@ impl TaskSection {
                 TopTasks { cost: name, total_ns: of(&totals), per_task, top: ranked }
             })
             .collect();
+        let mut groups: std::collections::BTreeMap<(u32, &str), StartFunctionGroup> = Default::default();
+        for t in tasks {
+            let Some(name) = t.name.as_deref() else { continue };
+            let g = groups.entry((t.pid, name)).or_insert_with(|| StartFunctionGroup {
+                pid: t.pid,
+                start_function: name.to_string(),
+                tasks: 0,
+                exited: 0,
+                costs: TaskCosts::default(),
+            });
+            g.tasks += 1;
+            g.exited += t.exited as u64;
+            g.costs.add(t);
+        }
+        let mut by_start_function: Vec<StartFunctionGroup> = groups.into_values().collect();
+        by_start_function.sort_by(|a, b| {
+            b.costs.running_ns.cmp(&a.costs.running_ns).then(a.start_function.cmp(&b.start_function))
+        });
         let mut processes: Vec<u32> = tasks.iter().map(|t| t.pid).collect();
         processes.sort_unstable();
         processes.dedup();
@@ -171,6 +206,7 @@ impl TaskSection {
             totals,
             by_cost,
             tasks: reports,
+            by_start_function,
         })
     }
 }
@@ -186,6 +222,7 @@ fn task_report(t: &TaskStats) -> TaskReport {
     TaskReport {
         pid: t.pid,
         task: t.task,
+        start_function: t.name.clone(),
         parent: t.parent,
         exited: t.exited,
         runs: t.runs,

@@ -71,6 +71,7 @@ pub fn render(report: &Report, limit: usize) -> String {
         }
         table(&mut out, &rows);
     }
+    render_go(&mut out, &report.go);
     if let Some(tasks) = &report.tasks {
         render_tasks(&mut out, tasks, limit);
     }
@@ -163,7 +164,8 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
         );
         let mut rows = vec![cells(&["PID", "TASK", "TIME", "SHARE"])];
         for (pid, task, ns) in &top.top {
-            rows.push(vec![pid.to_string(), task.to_string(), duration_ns(*ns), percent(*ns, top.total_ns)]);
+            let label = task_label(s, *pid, *task);
+            rows.push(vec![pid.to_string(), label, duration_ns(*ns), percent(*ns, top.total_ns)]);
         }
         table(out, &rows);
     }
@@ -197,7 +199,7 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
         });
         rows.push(vec![
             r.pid.to_string(),
-            r.task.to_string(),
+            task_label(s, r.pid, r.task),
             count(r.runs),
             dash(c.on_cpu_ns),
             dash(c.cfs_stolen_ns),
@@ -214,6 +216,37 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
         ]);
     }
     table(out, &rows);
+    if !s.by_start_function.is_empty() {
+        let _ = writeln!(out, "\nTasks by start function{}", shown(limit, s.by_start_function.len()));
+        let mut rows = vec![cells(&[
+            "PID",
+            "START FUNCTION",
+            "TASKS",
+            "EXITED",
+            "ON-CPU",
+            "CFS-STOLEN",
+            "BLOCKED",
+            "QUEUE",
+            "NETPOLL",
+            "PARKED",
+        ])];
+        for g in s.by_start_function.iter().take(limit) {
+            let c = &g.costs;
+            rows.push(vec![
+                g.pid.to_string(),
+                g.start_function.clone(),
+                count(g.tasks),
+                count(g.exited),
+                dash(c.on_cpu_ns),
+                dash(c.cfs_stolen_ns),
+                dash(c.kernel_blocked_ns + c.blocking_call_ns),
+                dash(c.queue_ns),
+                dash(c.netpoll_ns),
+                dash(c.other_park_ns()),
+            ]);
+        }
+        table(out, &rows);
+    }
 }
 
 fn reason(r: ParkReason) -> &'static str {
@@ -223,6 +256,43 @@ fn reason(r: ParkReason) -> &'static str {
         ParkReason::Channel => "channel",
         ParkReason::Yield => "yield",
         ParkReason::Other => "other",
+    }
+}
+
+fn render_go(out: &mut String, programs: &[crate::trace::format::GoProcess]) {
+    for p in programs {
+        let _ = writeln!(
+            out,
+            "\nGo program: PID {} {} ({}, module {})",
+            p.pid, p.binary, p.go_version, p.main_module
+        );
+        let procs = p.gomaxprocs.map_or("not read (no symbol table)".to_string(), |n| n.to_string());
+        let cpus = p.cpus_allowed.map_or("unknown".to_string(), |n| n.to_string());
+        let _ = writeln!(out, "  GOMAXPROCS {procs}, CPUs it may use {cpus}");
+        match (p.level.as_str(), &p.problem) {
+            ("identity", _) => {
+                let from =
+                    if p.layout_source == "dwarf" { "its DWARF" } else { "the table for its Go version" };
+                let _ = writeln!(
+                    out,
+                    "  goroutines: read at every switch-out and CPU sample (identity level; runtime layout from {from})"
+                );
+            }
+            (_, Some(why)) => {
+                let _ = writeln!(out, "  goroutines: not followed: {why}");
+            }
+            _ => {
+                let _ = writeln!(out, "  goroutines: not followed");
+            }
+        }
+    }
+}
+
+/// A task as the tables name it: its id, and the function it started with when known.
+fn task_label(s: &TaskSection, pid: u32, task: u64) -> String {
+    match s.tasks.iter().find(|r| r.pid == pid && r.task == task).and_then(|r| r.start_function.as_deref()) {
+        Some(f) => format!("{task} {f}"),
+        None => task.to_string(),
     }
 }
 

@@ -30,6 +30,9 @@
 //!   the user stacks' addresses are symbolized through, after the process is gone.
 //! - `KSYMS`: the kernel functions the kernel stacks' addresses fall in (`KernelSymbols`), as
 //!   JSON, resolved when the recording ended (so the trace symbolizes on another machine).
+//! - `GO`: the Go programs among the traced processes and how their goroutines were followed,
+//!   and the names of the functions their goroutines started with (`GoChunk`), as JSON; written
+//!   when a Go program is found and again as goroutines are seen (later entries add to earlier).
 //! - `END`: the recording's closing facts (`EndInfo`) as JSON.
 //!
 //! Readers skip chunk kinds they do not know, so later versions can add tables (stacks,
@@ -64,6 +67,7 @@ pub enum ChunkKind {
     Stacks = 5,
     Mappings = 6,
     KernelSymbols = 7,
+    Go = 8,
     End = 15,
 }
 
@@ -77,6 +81,7 @@ impl ChunkKind {
             5 => Self::Stacks,
             6 => Self::Mappings,
             7 => Self::KernelSymbols,
+            8 => Self::Go,
             15 => Self::End,
             _ => return None,
         })
@@ -192,6 +197,49 @@ pub struct MappingsChunk {
 pub struct KernelSymbols {
     /// (address, function name), by address.
     pub symbols: Vec<(u64, String)>,
+}
+
+/// Go programs found among the traced processes, and the start functions of their goroutines.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoChunk {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<GoProcess>,
+    /// (pid, start pc, function name): what `g.startpc` values seen in the records name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_functions: Vec<(u32, u64, String)>,
+}
+
+/// One Go program that was traced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoProcess {
+    pub pid: u32,
+    pub binary: String,
+    /// `go1.23.9`.
+    pub go_version: String,
+    pub main_path: String,
+    pub main_module: String,
+    /// Build settings (`GOARCH`, `CGO_ENABLED`, `-ldflags`, `vcs.revision`, …).
+    pub build_settings: Vec<(String, String)>,
+    /// How goroutines were followed: `identity` (read at every switch-out), or `off` with
+    /// `problem` saying why.
+    pub level: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Where the runtime layout came from: `dwarf` (the binary's) or `table` (generated, for the
+    /// Go version; the binary was stripped).
+    pub layout_source: String,
+    /// The probe index of its goroutine records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<u32>,
+    /// `runtime.gomaxprocs`, read from the process while it ran (`None`: not readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gomaxprocs: Option<u32>,
+    /// How many CPUs its affinity allowed when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_allowed: Option<u32>,
+    /// `runtime._G*` statuses by value, and `runtime.waitReason*` names by value.
+    pub statuses: std::collections::BTreeMap<u64, String>,
+    pub wait_reasons: std::collections::BTreeMap<u64, String>,
 }
 
 /// User-level probes attached during a recording.

@@ -63,6 +63,10 @@ pub struct TraceTables {
     pub mappings: Vec<super::format::MappingsChunk>,
     /// Kernel addresses of the kernel stacks and their functions, by address.
     pub kernel_symbols: Vec<(u64, String)>,
+    /// The Go programs that were traced (the last description of each process counts)...
+    pub go_processes: Vec<super::format::GoProcess>,
+    /// ...and the functions their goroutines started with, by (pid, start pc).
+    pub go_start_functions: rustc_hash::FxHashMap<(u32, u64), String>,
     /// Events handed out.
     pub events: u64,
     /// Events that did not fit the recording (impossible CPUs or ids: dropped; back in time:
@@ -336,6 +340,18 @@ impl<R: Read> TraceReader<R> {
                     })?;
                 self.tables.kernel_symbols.extend(k.symbols);
                 self.tables.kernel_symbols.sort_unstable_by_key(|s| s.0);
+            }
+            Some(ChunkKind::Go) => {
+                let g: super::format::GoChunk = serde_json::from_slice(&chunk.payload).map_err(|e| {
+                    self.corrupt(chunk.offset, format!("the Go programs' table does not parse: {e}"))
+                })?;
+                for p in g.processes {
+                    self.tables.go_processes.retain(|q| q.pid != p.pid);
+                    self.tables.go_processes.push(p);
+                }
+                for (pid, pc, name) in g.start_functions {
+                    self.tables.go_start_functions.insert((pid, pc), name);
+                }
             }
             Some(ChunkKind::End) => {
                 let end: EndInfo = serde_json::from_slice(&chunk.payload).map_err(|e| {

@@ -151,6 +151,12 @@ impl TraceWriter {
         self.write_chunk(ChunkKind::KernelSymbols, &body)
     }
 
+    /// Writes what is known of the traced Go programs (see [`super::format::GoChunk`]).
+    pub fn write_go(&mut self, g: &super::format::GoChunk) -> Result<(), TraceError> {
+        let body = serde_json::to_vec(g).map_err(|e| TraceError::Encode(e.to_string()))?;
+        self.write_chunk(ChunkKind::Go, &body)
+    }
+
     /// Records user-level probes attached during the recording (before any record of theirs).
     pub fn write_probes(&mut self, added: &[UserProbe], skipped: &[String]) -> Result<(), TraceError> {
         let chunk = ProbesChunk { added: added.to_vec(), skipped: skipped.to_vec() };

@@ -1,0 +1,503 @@
+//! Go executables: what the recorder needs to follow goroutines from outside the process.
+//!
+//! - the build info (`.go.buildinfo`: Go version, module, build settings) and the function table
+//!   (`.gopclntab`), both kept by stripped builds, through the `gobin` crate;
+//! - the runtime's struct layouts (`g`, `m`, `pollDesc`) and constants (`_G*` statuses, wait
+//!   reasons) from the binary's DWARF through `gimli`, or, when it was stripped, from the table
+//!   generated from DWARF for each supported Go version ([`super::go_layouts`]);
+//! - the thread-local slot of the current `g`, decoded from the runtime's own code.
+//!
+//! Nothing here trusts the file: every offset and count is checked before use, and a binary
+//! that does not say enough is an error that names what is missing.
+
+use std::{borrow::Cow, collections::BTreeMap, path::Path};
+
+use object::{Object, ObjectSection, ObjectSymbol};
+use serde::{Deserialize, Serialize};
+
+/// Why a Go executable could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0} is not an ELF file: {1}")]
+    NotElf(String, String),
+    #[error("{0} is not a Go program (no Go build info)")]
+    NotGo(String),
+    #[error("{path} is a Go program for {arch}; only amd64 is supported")]
+    Arch { path: String, arch: String },
+    #[error("{path}: Go version {version:?} is not one this reads")]
+    Version { path: String, version: String },
+    #[error(
+        "{path} was built by {version} without DWARF, and the layout table has no entry for \
+         Go {major}.{minor} (it covers {covered}): goroutines cannot be followed; threads are \
+         traced as usual. Rebuild without -ldflags=-w, or use a supported Go version"
+    )]
+    NoLayout { path: String, version: String, major: u32, minor: u32, covered: String },
+    #[error("{path}: the runtime's DWARF lacks {what}")]
+    Dwarf { path: String, what: String },
+    #[error("{path}: {what}")]
+    Code { path: String, what: String },
+}
+
+/// A Go toolchain version, `go1.23.9` → 1, 23, 9.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GoVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    /// As the binary says it (`go1.23.9`, `go1.24rc1`, `devel go1.25-abcdef`).
+    pub text: String,
+}
+
+impl GoVersion {
+    /// Parses the version string of `runtime.Version()`.
+    pub fn parse(text: &str) -> Option<GoVersion> {
+        let rest = text.trim().trim_start_matches("devel ");
+        let rest = rest.strip_prefix("go")?;
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let mut parts = rest[..end].split('.').map(|p| p.parse::<u32>());
+        let major = parts.next()?.ok()?;
+        let minor = parts.next().unwrap_or(Ok(0)).ok()?;
+        let patch = parts.next().unwrap_or(Ok(0)).ok()?;
+        Some(GoVersion { major, minor, patch, text: text.trim().to_string() })
+    }
+}
+
+/// Byte offsets of the runtime's fields the probes read, and the values of its constants, for
+/// one Go version (or one binary).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoLayout {
+    pub g_m: u32,
+    pub g_atomicstatus: u32,
+    pub g_goid: u32,
+    pub g_waitreason: u32,
+    pub g_startpc: u32,
+    pub m_procid: u32,
+    pub m_curg: u32,
+    pub polldesc_rg: u32,
+    pub polldesc_wg: u32,
+    /// `runtime._G*` goroutine statuses by name (`_Grunning` → 2).
+    pub statuses: BTreeMap<String, u64>,
+    /// `runtime.waitReason*` by value (`14` → `waitReasonChanReceive`).
+    pub wait_reasons: BTreeMap<u64, String>,
+}
+
+/// Where one field's offset goes in a [`GoLayout`].
+type FieldSlot = fn(&mut GoLayout) -> &mut u32;
+
+/// The fields a layout needs: (struct, member, where it goes).
+const FIELDS: [(&str, &str, FieldSlot); 9] = [
+    ("runtime.g", "m", |l| &mut l.g_m),
+    ("runtime.g", "atomicstatus", |l| &mut l.g_atomicstatus),
+    ("runtime.g", "goid", |l| &mut l.g_goid),
+    ("runtime.g", "waitreason", |l| &mut l.g_waitreason),
+    ("runtime.g", "startpc", |l| &mut l.g_startpc),
+    ("runtime.m", "procid", |l| &mut l.m_procid),
+    ("runtime.m", "curg", |l| &mut l.m_curg),
+    ("runtime.pollDesc", "rg", |l| &mut l.polldesc_rg),
+    ("runtime.pollDesc", "wg", |l| &mut l.polldesc_wg),
+];
+
+/// Where a layout came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayoutSource {
+    /// The binary's own DWARF.
+    Dwarf,
+    /// The generated table's entry for this Go major.minor (the binary has no DWARF).
+    Table,
+}
+
+/// One function of the binary: entry address (link-time virtual address) and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoFunction {
+    pub entry: u64,
+    pub name: String,
+}
+
+/// What the recorder knows about one Go executable.
+#[derive(Clone, Debug)]
+pub struct GoBinary {
+    pub path: String,
+    pub version: GoVersion,
+    /// The main package's import path (`github.com/x/y/cmd/z`) and module (`github.com/x/y`).
+    pub main_path: String,
+    pub main_module: String,
+    /// Build settings (`GOARCH`, `CGO_ENABLED`, `-ldflags`, `vcs.revision`, …).
+    pub settings: Vec<(String, String)>,
+    pub layout: GoLayout,
+    pub layout_source: LayoutSource,
+    /// Offset from the thread pointer (`fsbase`) of the slot holding the current `g`.
+    pub tls_g_offset: i64,
+    /// Every function of `.gopclntab`, by entry address.
+    pub functions: Vec<GoFunction>,
+    /// Addresses of runtime globals the recorder reads (`runtime.gomaxprocs`), when the symbol
+    /// table is there.
+    pub globals: BTreeMap<String, u64>,
+    /// Whether the image is position-independent (its addresses move with the load address).
+    pub position_independent: bool,
+    /// The functions the compiler's `go` statement wrappers (`main.main.gowrap3`: a `go f(x)`
+    /// with arguments) call, by wrapper entry: the function the goroutine really runs.
+    pub wrapped: BTreeMap<u64, String>,
+}
+
+impl GoBinary {
+    /// Reads the Go executable at `path`. `Ok(None)`: an ELF file that is not a Go program.
+    pub fn open(path: &Path) -> Result<Option<GoBinary>, GoError> {
+        let name = path.display().to_string();
+        let data = std::fs::read(path).map_err(|source| GoError::Io { path: name.clone(), source })?;
+        GoBinary::parse(&name, &data)
+    }
+
+    /// Reads a Go executable from its bytes; `name` is what errors call it.
+    pub fn parse(name: &str, data: &[u8]) -> Result<Option<GoBinary>, GoError> {
+        let elf = object::File::parse(data).map_err(|e| GoError::NotElf(name.into(), e.to_string()))?;
+        if elf.section_by_name(".go.buildinfo").is_none() && elf.section_by_name(".gopclntab").is_none() {
+            return Ok(None);
+        }
+        let Some(go) = gobin::GoBinary::parse(data) else { return Ok(None) };
+        let info = go.build_info();
+        let version_text = info.and_then(|i| i.go_version).or(go.go_version()).unwrap_or_default();
+        if version_text.is_empty() {
+            return Err(GoError::NotGo(name.into()));
+        }
+        let version = GoVersion::parse(version_text)
+            .ok_or_else(|| GoError::Version { path: name.into(), version: version_text.into() })?;
+        let settings: Vec<(String, String)> = info
+            .map(|i| i.build_settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+            .unwrap_or_default();
+        let arch = settings.iter().find(|(k, _)| k == "GOARCH").map(|(_, v)| v.clone());
+        let arch = arch.unwrap_or_else(|| {
+            if elf.architecture() == object::Architecture::X86_64 { "amd64".into() } else { "other".into() }
+        });
+        if arch != "amd64" || elf.architecture() != object::Architecture::X86_64 {
+            return Err(GoError::Arch { path: name.into(), arch });
+        }
+
+        let mut functions: Vec<GoFunction> = go
+            .functions()
+            .filter_map(|f| {
+                let entry = go.text_va()?.checked_add(u64::from(f.entry_offset))?;
+                Some(GoFunction { entry, name: f.name.to_string() })
+            })
+            .collect();
+        functions.sort_by_key(|f| f.entry);
+        functions.dedup_by_key(|f| f.entry);
+        if functions.is_empty() {
+            return Err(GoError::Code {
+                path: name.into(),
+                what: "its .gopclntab lists no functions".into(),
+            });
+        }
+
+        let (layout, layout_source) = match dwarf_layout(name, &elf)? {
+            Some(l) => (l, LayoutSource::Dwarf),
+            None => match crate::go_layouts::for_version(version.major, version.minor) {
+                Some(l) => (l, LayoutSource::Table),
+                None => {
+                    return Err(GoError::NoLayout {
+                        path: name.into(),
+                        version: version.text.clone(),
+                        major: version.major,
+                        minor: version.minor,
+                        covered: crate::go_layouts::covered(),
+                    });
+                }
+            },
+        };
+
+        let mut globals = BTreeMap::new();
+        for s in elf.symbols() {
+            if let Ok(n) = s.name()
+                && matches!(n, "runtime.gomaxprocs" | "runtime.ncpu" | "runtime.allgs")
+            {
+                globals.insert(n.to_string(), s.address());
+            }
+        }
+        let tls_g_offset = tls_g_offset(name, &elf, &functions)?;
+        let wrapped = go_wrappers(&elf, &functions);
+        Ok(Some(GoBinary {
+            path: name.into(),
+            version,
+            main_path: info.and_then(|i| i.main_path).unwrap_or_default().to_string(),
+            main_module: info.and_then(|i| i.main_module).unwrap_or_default().to_string(),
+            settings,
+            layout,
+            layout_source,
+            tls_g_offset,
+            functions,
+            globals,
+            position_independent: elf.kind() == object::ObjectKind::Dynamic,
+            wrapped,
+        }))
+    }
+
+    /// The function `addr` (a link-time address) is in.
+    pub fn function_at(&self, addr: u64) -> Option<&GoFunction> {
+        let i = self.functions.partition_point(|f| f.entry <= addr).checked_sub(1)?;
+        self.functions.get(i)
+    }
+
+    /// The name of the function a goroutine that started at `pc` runs: the function at `pc`, or
+    /// for a `go` statement wrapper the function it calls.
+    pub fn start_function(&self, pc: u64) -> Option<&str> {
+        let f = self.function_at(pc)?;
+        Some(self.wrapped.get(&f.entry).map_or(f.name.as_str(), String::as_str))
+    }
+
+    /// The entry address of the function named `name`.
+    pub fn function(&self, name: &str) -> Option<u64> {
+        self.functions.iter().find(|f| f.name == name).map(|f| f.entry)
+    }
+
+    /// A build setting's value.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The layout from the binary's DWARF; `Ok(None)` when it has none (stripped with `-w`).
+pub fn dwarf_layout(name: &str, elf: &object::File) -> Result<Option<GoLayout>, GoError> {
+    if elf.section_by_name(".debug_info").is_none() {
+        return Ok(None);
+    }
+    let dwarf_err = |what: String| GoError::Dwarf { path: name.into(), what };
+    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, GoError> {
+        match elf.section_by_name(id.name()) {
+            Some(s) => s.uncompressed_data().map_err(|e| dwarf_err(format!("a readable {}: {e}", id.name()))),
+            None => Ok(Cow::Borrowed(&[][..])),
+        }
+    };
+    let sections = gimli::DwarfSections::load(load)?;
+    let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::LittleEndian));
+    let gerr = |e: gimli::Error| dwarf_err(format!("well-formed debug info ({e})"));
+
+    let mut members: BTreeMap<(String, String), u32> = BTreeMap::new();
+    let mut statuses = BTreeMap::new();
+    let mut wait_reasons = BTreeMap::new();
+    let mut units = dwarf.units();
+    while let Some(header) = units.next().map_err(gerr)? {
+        let unit = dwarf.unit(header).map_err(gerr)?;
+        let mut entries = unit.entries();
+        // The struct whose members are being read, and the depth of its children.
+        let mut current: Option<(String, isize)> = None;
+        let mut depth = 0isize;
+        while let Some((delta, entry)) = entries.next_dfs().map_err(gerr)? {
+            depth += delta;
+            if current.as_ref().is_some_and(|(_, d)| depth < *d) {
+                current = None;
+            }
+            let name = match entry.attr_value(gimli::DW_AT_name).map_err(gerr)? {
+                Some(v) => match dwarf.attr_string(&unit, v) {
+                    Ok(s) => s.to_string_lossy().into_owned(),
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
+            match entry.tag() {
+                gimli::DW_TAG_structure_type
+                    if matches!(name.as_str(), "runtime.g" | "runtime.m" | "runtime.pollDesc") =>
+                {
+                    current = Some((name, depth + 1));
+                }
+                gimli::DW_TAG_member => {
+                    if let Some((s, d)) = &current
+                        && depth == *d
+                        && let Some(off) =
+                            entry.attr_value(gimli::DW_AT_data_member_location).map_err(gerr)?
+                        && let Some(off) = off.udata_value()
+                        && let Ok(off) = u32::try_from(off)
+                    {
+                        members.entry((s.clone(), name)).or_insert(off);
+                    }
+                }
+                gimli::DW_TAG_constant => {
+                    let value = entry.attr_value(gimli::DW_AT_const_value).map_err(gerr)?;
+                    let Some(value) =
+                        value.and_then(|v| v.udata_value().or(v.sdata_value().map(|s| s as u64)))
+                    else {
+                        continue;
+                    };
+                    // Statuses are `_G` and a lower-case word (`_Grunning`, `_Gscanwaiting`); the
+                    // GC phases (`_GCoff`) and `_GoidCacheBatch` share the prefix.
+                    if let Some(s) = name.strip_prefix("runtime._G")
+                        && s.starts_with(|c: char| c.is_ascii_lowercase())
+                        && !s.starts_with("oid")
+                    {
+                        statuses.insert(format!("_G{s}"), value);
+                    } else if let Some(r) = name.strip_prefix("runtime.waitReason")
+                        && !r.is_empty()
+                    {
+                        wait_reasons.insert(value, format!("waitReason{r}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut layout = GoLayout {
+        g_m: 0,
+        g_atomicstatus: 0,
+        g_goid: 0,
+        g_waitreason: 0,
+        g_startpc: 0,
+        m_procid: 0,
+        m_curg: 0,
+        polldesc_rg: 0,
+        polldesc_wg: 0,
+        statuses,
+        wait_reasons,
+    };
+    for (s, m, slot) in FIELDS {
+        *slot(&mut layout) = *members
+            .get(&(s.to_string(), m.to_string()))
+            .ok_or_else(|| dwarf_err(format!("the member {m} of {s}")))?;
+    }
+    for needed in ["_Grunning", "_Gsyscall", "_Gwaiting", "_Grunnable"] {
+        if !layout.statuses.contains_key(needed) {
+            return Err(dwarf_err(format!("the constant runtime.{needed}")));
+        }
+    }
+    Ok(Some(layout))
+}
+
+/// Where the runtime keeps the current `g`: the displacement of the first `mov %fs:disp32, reg`
+/// in `runtime.stackcheck` (or `runtime.systemstack`), as the Go linker wrote it for this
+/// binary. The usual value is −8, but external linking and some PIE builds place the slot
+/// elsewhere, and a wrong slot would read garbage as goroutines: so it is taken from the code or
+/// the binary is refused.
+fn tls_g_offset(name: &str, elf: &object::File, functions: &[GoFunction]) -> Result<i64, GoError> {
+    for func in ["runtime.stackcheck", "runtime.systemstack"] {
+        let Some(f) = functions.iter().find(|f| f.name == func) else { continue };
+        let Some(code) = bytes_at(elf, f.entry, 64) else { continue };
+        if let Some(off) = fs_displacement(code) {
+            return Ok(off);
+        }
+    }
+    Err(GoError::Code {
+        path: name.into(),
+        what: "no `mov %fs:disp32, reg` in runtime.stackcheck or runtime.systemstack: the \
+               thread-local slot of g is not where this reads it (a cgo build with external \
+               linking?)"
+            .into(),
+    })
+}
+
+/// For every `go` statement wrapper, the first function it calls (a `call rel32` whose target is
+/// a function's entry, the stack-growth call excepted).
+fn go_wrappers(elf: &object::File, functions: &[GoFunction]) -> BTreeMap<u64, String> {
+    let entry_of =
+        |addr: u64| functions.binary_search_by_key(&addr, |f| f.entry).ok().and_then(|i| functions.get(i));
+    let mut out = BTreeMap::new();
+    for (i, f) in functions.iter().enumerate() {
+        if !f.name.contains(".gowrap") {
+            continue;
+        }
+        let end = functions.get(i + 1).map_or(f.entry + 256, |n| n.entry).min(f.entry + 256);
+        let Some(code) = bytes_at(elf, f.entry, end - f.entry) else { continue };
+        let target = code.windows(5).enumerate().find_map(|(at, w)| {
+            if w[0] != 0xe8 {
+                return None;
+            }
+            let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
+            let next = f.entry.checked_add(at as u64 + 5)?;
+            let callee = entry_of(next.checked_add_signed(rel)?)?;
+            (!callee.name.starts_with("runtime.morestack")).then(|| callee.name.clone())
+        });
+        if let Some(t) = target {
+            out.insert(f.entry, t);
+        }
+    }
+    out
+}
+
+/// Up to `len` bytes of the file's image at virtual address `addr`.
+fn bytes_at<'a>(elf: &object::File<'a>, addr: u64, len: u64) -> Option<&'a [u8]> {
+    elf.sections().find_map(|s| {
+        let start = addr.checked_sub(s.address())?;
+        if start >= s.size() {
+            return None;
+        }
+        let data = s.data().ok()?;
+        let start = usize::try_from(start).ok()?;
+        let end = start.saturating_add(usize::try_from(len).ok()?).min(data.len());
+        data.get(start..end)
+    })
+}
+
+/// The displacement of the first `mov %fs:disp32, r64` in `code`: `64 REX.W(48|4c) 8b ModRM SIB
+/// disp32` with ModRM mod = 00, r/m = 100 (a SIB follows) and SIB = 0x25 (no base, no index).
+pub fn fs_displacement(code: &[u8]) -> Option<i64> {
+    code.windows(9).find_map(|w| {
+        let modrm = w[3];
+        (w[0] == 0x64
+            && (w[1] == 0x48 || w[1] == 0x4c)
+            && w[2] == 0x8b
+            && modrm & 0xc7 == 0x04
+            && w[4] == 0x25)
+            .then(|| i64::from(i32::from_le_bytes([w[5], w[6], w[7], w[8]])))
+    })
+}
+
+/// Where a uprobe on the Go function at `entry` goes: past the stack-check prologue
+/// (`cmp 0x10(%r14),%rsp` then `jbe`), at the `push %rbp` that follows. A probe on the first
+/// instruction would be single-stepped out of line at every hit (8–13 µs here against ~0.6 µs).
+/// `None` when the function does not start that way (it is not probed).
+pub fn after_prologue(code: &[u8]) -> Option<u64> {
+    let cmp = code.get(..4)?;
+    if !((cmp[0] == 0x49 || cmp[0] == 0x4d) && cmp[1] == 0x3b && cmp[2] == 0x66 && cmp[3] == 0x10) {
+        return None;
+    }
+    let jump = match code.get(4..6)? {
+        [0x0f, 0x86] => 6,
+        [0x76, _] => 2,
+        _ => return None,
+    };
+    (code.get(4 + jump) == Some(&0x55)).then_some(4 + jump as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_as_the_runtime_prints_them() {
+        let v = GoVersion::parse("go1.23.9").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 23, 9));
+        let v = GoVersion::parse("go1.24rc1").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (1, 24, 0));
+        let v = GoVersion::parse("devel go1.25-abcdef").unwrap();
+        assert_eq!((v.major, v.minor), (1, 25));
+        assert!(GoVersion::parse("rust1.2").is_none());
+        assert!(GoVersion::parse("go").is_none());
+    }
+
+    #[test]
+    fn decodes_the_tls_load_and_the_prologue() {
+        // mov %fs:0xfffffffffffffff8,%rax ; mov %fs:0xfffffffffffffff0,%r14
+        assert_eq!(fs_displacement(&[0x90, 0x64, 0x48, 0x8b, 0x04, 0x25, 0xf8, 0xff, 0xff, 0xff]), Some(-8));
+        assert_eq!(fs_displacement(&[0x64, 0x4c, 0x8b, 0x34, 0x25, 0xf0, 0xff, 0xff, 0xff]), Some(-16));
+        // A store to %fs (89), or a memory operand with a base register, is not the load.
+        assert_eq!(fs_displacement(&[0x64, 0x4c, 0x89, 0x34, 0x25, 0xf8, 0xff, 0xff, 0xff]), None);
+        assert_eq!(fs_displacement(&[0x64, 0x48, 0x8b, 0x01, 0x25, 0xf8, 0xff, 0xff, 0xff]), None);
+        assert_eq!(fs_displacement(&[0x64, 0x48]), None);
+
+        let long = [0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x88, 0x01, 0x00, 0x00, 0x55, 0x48];
+        assert_eq!(after_prologue(&long), Some(10));
+        let short = [0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55];
+        assert_eq!(after_prologue(&short), Some(6));
+        assert_eq!(after_prologue(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x48]), None);
+        assert_eq!(after_prologue(&[0x55, 0x48, 0x89, 0xe5]), None);
+        assert_eq!(after_prologue(&[0x49, 0x3b]), None);
+    }
+
+    #[test]
+    fn other_files_are_not_go_programs() {
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        assert!(matches!(GoBinary::parse("self", &data), Ok(None)));
+        assert!(matches!(GoBinary::parse("junk", b"\x7fELF junk"), Err(GoError::NotElf(..))));
+        assert!(matches!(GoBinary::open(Path::new("/no/such/file")), Err(GoError::Io { .. })));
+    }
+}

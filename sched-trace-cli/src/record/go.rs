@@ -1,0 +1,273 @@
+//! The Go runtime adapter of the recorder: finds Go programs among the traced processes, tells
+//! the probes how to read which goroutine each of their threads runs (the identity level), and
+//! names the functions goroutines start with. What reaches the trace are user-task records of
+//! the model every runtime uses (a probe-table entry `go:goroutine`), plus a `GO` table.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::Arc,
+};
+
+use sched_trace_abi::{GoIdentity, go_identity_arg};
+use sched_trace_binaries::go::{GoBinary, GoError, LayoutSource};
+
+use crate::trace::{
+    UserProbe,
+    format::{GoChunk, GoProcess},
+};
+
+/// The probe-table entry of the goroutine records.
+pub const PROVIDER: &str = "go";
+pub const GOROUTINE_PROBE: &str = "goroutine";
+
+/// One Go process the probes follow.
+struct Followed {
+    binary: Arc<GoBinary>,
+    /// Run-time address − link-time address (position-independent builds), once known.
+    bias: Option<u64>,
+    info: GoProcess,
+}
+
+/// The Go processes of a recording.
+#[derive(Default)]
+pub struct GoPrograms {
+    followed: HashMap<u32, Followed>,
+    /// Probe indexes of the goroutine records (one per process).
+    probes: HashSet<u32>,
+    /// Start pcs seen in the records and not yet named.
+    unnamed: HashSet<(u32, u64)>,
+    named: HashSet<(u32, u64)>,
+}
+
+/// What `inspect` found in a traced executable.
+pub enum Inspected {
+    NotGo,
+    /// A Go program whose goroutines cannot be followed (said why), traced as threads.
+    Unsupported(Box<GoProcess>),
+    Go(Arc<GoBinary>),
+}
+
+/// Reads the executable at `path` (the command, or `/proc/PID/exe`).
+pub fn inspect(pid: u32, path: &Path) -> Inspected {
+    match GoBinary::open(path) {
+        Ok(None) | Err(GoError::NotElf(..)) | Err(GoError::Io { .. }) => Inspected::NotGo,
+        Ok(Some(b)) => Inspected::Go(Arc::new(b)),
+        Err(e) => {
+            eprintln!("sched-trace: PID {pid}: {e}");
+            Inspected::Unsupported(Box::new(GoProcess {
+                pid,
+                binary: path.display().to_string(),
+                level: "off".into(),
+                problem: Some(e.to_string()),
+                ..Default::default()
+            }))
+        }
+    }
+}
+
+impl GoPrograms {
+    /// Follows the goroutines of process `pid`, running `binary`: its probe-table entry, and the
+    /// layout the probes read it with. `fsbase_known`: the kernel exposes the thread pointer.
+    pub fn follow(
+        &mut self,
+        pid: u32,
+        binary: Arc<GoBinary>,
+        probe_index: u32,
+        fsbase_known: bool,
+    ) -> Option<(UserProbe, GoIdentity)> {
+        let l = &binary.layout;
+        let mut info = GoProcess {
+            pid,
+            binary: binary.path.clone(),
+            go_version: binary.version.text.clone(),
+            main_path: binary.main_path.clone(),
+            main_module: binary.main_module.clone(),
+            build_settings: binary.settings.clone(),
+            level: "identity".into(),
+            problem: None,
+            layout_source: match binary.layout_source {
+                LayoutSource::Dwarf => "dwarf".into(),
+                LayoutSource::Table => "table".into(),
+            },
+            probe: Some(probe_index),
+            gomaxprocs: None,
+            cpus_allowed: None,
+            statuses: l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect(),
+            wait_reasons: l.wait_reasons.clone(),
+        };
+        if !fsbase_known {
+            info.level = "off".into();
+            info.probe = None;
+            info.problem = Some("this kernel's BTF has no task_struct.thread.fsbase".into());
+            self.followed.insert(pid, Followed { binary, bias: None, info });
+            return None;
+        }
+        let identity = GoIdentity {
+            tls_g: binary.tls_g_offset,
+            g_m: l.g_m,
+            g_goid: l.g_goid,
+            g_atomicstatus: l.g_atomicstatus,
+            g_waitreason: l.g_waitreason,
+            g_startpc: l.g_startpc,
+            m_curg: l.m_curg,
+            probe: probe_index,
+            _pad: 0,
+        };
+        let probe = UserProbe {
+            index: probe_index,
+            binary: binary.path.clone(),
+            provider: PROVIDER.into(),
+            name: GOROUTINE_PROBE.into(),
+            file_offset: 0,
+            args: "goid startpc status waitreason on_system_stack".into(),
+        };
+        self.probes.insert(probe_index);
+        let bias = (!binary.position_independent).then_some(0);
+        self.followed.insert(pid, Followed { binary, bias, info });
+        Some((probe, identity))
+    }
+
+    /// Whether process `pid` is followed already, running the executable at `path`.
+    pub fn follows(&self, pid: u32, path: &Path) -> bool {
+        let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        self.followed.get(&pid).is_some_and(|f| same(Path::new(&f.binary.path), path))
+    }
+
+    /// Notes a drained record (cheap: called for every user-task record).
+    pub fn saw(&mut self, pid: u32, probe: u32, args: &[u64]) {
+        if !self.probes.contains(&probe) {
+            return;
+        }
+        let pc = args.get(go_identity_arg::STARTPC).copied().unwrap_or(0);
+        if pc != 0 && !self.named.contains(&(pid, pc)) {
+            self.unnamed.insert((pid, pc));
+        }
+    }
+
+    /// Checks the layout on the live process (once it runs Go code) and reads `runtime.gomaxprocs`.
+    /// Returns an error message when the layout does not fit: the caller stops following it.
+    pub fn check_live(&mut self, pid: u32) -> Option<Result<(), String>> {
+        let f = self.followed.get_mut(&pid)?;
+        if f.info.level != "identity" {
+            return None;
+        }
+        if f.bias.is_none() {
+            f.bias = load_bias(pid, &f.binary.path);
+        }
+        let bias = f.bias?;
+        f.info.cpus_allowed = cpus_allowed(pid);
+        let mem = ProcessMemory::open(pid).ok()?;
+        if let Some(&addr) = f.binary.globals.get("runtime.gomaxprocs") {
+            f.info.gomaxprocs = mem.read_u32(addr.wrapping_add(bias)).filter(|&n| n > 0 && n <= 1 << 16);
+        }
+        // The main goroutine is allgs[0] (`allgs` is a slice: array, len, cap), goid 1; its
+        // status is a known one.
+        let Some(&allgs) = f.binary.globals.get("runtime.allgs") else { return Some(Ok(())) };
+        let array = mem.read_u64(allgs.wrapping_add(bias)).filter(|&p| p != 0);
+        let Some(g) = array.and_then(|a| mem.read_u64(a)).filter(|&g| g != 0) else { return Some(Ok(())) };
+        let l = &f.binary.layout;
+        let goid = mem.read_u64(g + u64::from(l.g_goid));
+        let status = mem.read_u32(g + u64::from(l.g_atomicstatus)).map(|s| u64::from(s) & !0x1000);
+        let known = status.is_some_and(|s| f.info.statuses.contains_key(&s));
+        if goid == Some(1) && known {
+            return Some(Ok(()));
+        }
+        let why = format!(
+            "the runtime layout of {} does not fit the running process (main goroutine: goid \
+             {goid:?}, status {status:?}): goroutines are not followed",
+            f.binary.version.text
+        );
+        f.info.level = "off".into();
+        f.info.problem = Some(why.clone());
+        Some(Err(why))
+    }
+
+    /// The processes and the names of the start pcs seen since the last call, for the `GO`
+    /// table (`None`: nothing new). `all`: every process, not only those with news.
+    pub fn table(&mut self, all: bool) -> Option<GoChunk> {
+        let mut chunk = GoChunk::default();
+        for (pid, pc) in std::mem::take(&mut self.unnamed) {
+            let Some(f) = self.followed.get(&pid) else { continue };
+            let Some(bias) = f.bias.or_else(|| load_bias(pid, &f.binary.path)) else {
+                self.unnamed.insert((pid, pc));
+                continue;
+            };
+            if let Some(name) = f.binary.start_function(pc.wrapping_sub(bias)) {
+                chunk.start_functions.push((pid, pc, name.to_string()));
+            }
+            self.named.insert((pid, pc));
+        }
+        if all {
+            chunk.processes = self.followed.values().map(|f| f.info.clone()).collect();
+            chunk.processes.sort_by_key(|p| p.pid);
+        }
+        (!chunk.processes.is_empty() || !chunk.start_functions.is_empty()).then_some(chunk)
+    }
+
+    /// Records an unsupported Go program (described by `inspect`).
+    pub fn unsupported(&mut self, info: Box<GoProcess>) -> GoChunk {
+        GoChunk { processes: vec![*info], start_functions: Vec::new() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.followed.is_empty()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.followed.keys().copied().collect()
+    }
+}
+
+/// How many CPUs process `pid` may run on (`Cpus_allowed_list`, e.g. `0-3,8`).
+fn cpus_allowed(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim();
+    let mut n = 0u32;
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        n = n.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
+    }
+    Some(n)
+}
+
+/// Where process `pid` mapped `binary`'s first page, less its link address of 0 (PIE).
+fn load_bias(pid: u32, binary: &str) -> Option<u64> {
+    let exe = std::fs::canonicalize(binary).ok()?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let range = f.next()?;
+        let (_perms, offset) = (f.next()?, f.next()?);
+        let path = f.nth(2)?;
+        (Path::new(path) == exe && u64::from_str_radix(offset, 16).ok()? == 0)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())?
+    })
+}
+
+/// Reads another process's memory (`/proc/PID/mem`, root).
+struct ProcessMemory(std::fs::File);
+
+impl ProcessMemory {
+    fn open(pid: u32) -> std::io::Result<Self> {
+        std::fs::File::open(format!("/proc/{pid}/mem")).map(ProcessMemory)
+    }
+
+    fn read<const N: usize>(&self, addr: u64) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, &mut buf, addr).ok()?;
+        Some(buf)
+    }
+
+    fn read_u64(&self, addr: u64) -> Option<u64> {
+        self.read::<8>(addr).map(u64::from_le_bytes)
+    }
+
+    fn read_u32(&self, addr: u64) -> Option<u32> {
+        self.read::<4>(addr).map(u32::from_le_bytes)
+    }
+}

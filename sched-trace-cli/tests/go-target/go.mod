@@ -1,0 +1,3 @@
+module schedtarget
+
+go 1.22

