@@ -146,7 +146,19 @@ impl GoBinary {
     /// Reads the Go executable at `path`. `Ok(None)`: an ELF file that is not a Go program.
     pub fn open(path: &Path) -> Result<Option<GoBinary>, GoError> {
         let name = path.display().to_string();
-        let data = std::fs::read(path).map_err(|source| GoError::Io { path: name.clone(), source })?;
+        let io = |source| GoError::Io { path: name.clone(), source };
+        // The section headers first (the recorder asks this of every executable a traced
+        // process execs): only a Go program is read whole.
+        {
+            let file = std::fs::File::open(path).map_err(io)?;
+            let cache = object::ReadCache::new(file);
+            let elf =
+                object::File::parse(&cache).map_err(|e| GoError::NotElf(name.clone(), e.to_string()))?;
+            if elf.section_by_name(".go.buildinfo").is_none() && elf.section_by_name(".gopclntab").is_none() {
+                return Ok(None);
+            }
+        }
+        let data = std::fs::read(path).map_err(io)?;
         GoBinary::parse(&name, &data)
     }
 

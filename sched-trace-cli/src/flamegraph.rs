@@ -194,7 +194,8 @@ pub fn build_from<R: std::io::Read>(
         });
     }
     let tables = reader.into_tables()?;
-    let finished = c.finish(tables.last_ts);
+    let mut finished = c.finish(tables.last_ts);
+    correlate::name_tasks(&mut finished.tasks, &tables);
     if spec.kind == FlameKind::OnCpu
         && spec.weight == Weight::Time
         && spec.selection.is_none()
@@ -206,7 +207,10 @@ pub fn build_from<R: std::io::Read>(
     if !spec.read_binaries {
         sym = sym.without_files();
     }
-    let lines = g.folder.fold(&mut sym, &tables.stacks);
+    let mut lines = g.folder.fold(&mut sym, &tables.stacks);
+    if spec.group_by == GroupBy::Task {
+        rename_task_frames(&mut lines, &finished.tasks, &names);
+    }
     let stats = g.stats;
     let (title, subtitle) = titles(path, spec, &stats, &tables, &info);
     Ok(Flame {
@@ -218,6 +222,35 @@ pub fn build_from<R: std::io::Read>(
         stacks: stats,
         symbols: sym.stats(),
     })
+}
+
+/// The root frame of a process.
+fn process_frame(names: &TaskNames, pid: u32) -> String {
+    format!("{} (pid {pid})", names.display(pid))
+}
+
+/// Task frames are `task N` while the trace is read (names of goroutines' start functions come
+/// in tables later in the file): once it is read, those of named tasks take their labels
+/// (`goroutine 31 main.worker`).
+fn rename_task_frames(lines: &mut [(String, u64)], tasks: &[correlate::TaskStats], names: &TaskNames) {
+    let renames: FxHashMap<String, String> = tasks
+        .iter()
+        .filter(|t| t.start_pc.is_some())
+        .map(|t| {
+            let process = process_frame(names, t.pid);
+            (format!("{process};task {}", t.task), format!("{process};{}", t.label()))
+        })
+        .collect();
+    if renames.is_empty() {
+        return;
+    }
+    for (line, _) in lines.iter_mut() {
+        // The first two frames: the process and the task.
+        let end = line.match_indices(';').nth(1).map_or(line.len(), |(i, _)| i);
+        if let Some(new) = renames.get(&line[..end]) {
+            line.replace_range(..end, new);
+        }
+    }
 }
 
 fn symbolizer(tables: &TraceTables) -> Symbolizer {
@@ -312,7 +345,7 @@ impl Gather<'_> {
             .prefixes
             .entry(key)
             .or_insert_with(|| {
-                let process = format!("{} (pid {pid})", names.display(pid));
+                let process = process_frame(names, pid);
                 match self.spec.group_by {
                     GroupBy::Task => match task {
                         Some(t) => vec![process, format!("task {t}")],

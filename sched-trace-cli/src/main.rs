@@ -62,6 +62,11 @@ enum Command {
         /// Attach no USDT probe (kernel scheduler events only).
         #[arg(long, conflicts_with = "usdt")]
         no_usdt: bool,
+        /// How to follow the goroutines of Go programs: `identity` reads which goroutine each
+        /// thread runs at every switch-out and CPU sample (no uprobe); `off` traces their
+        /// threads only.
+        #[arg(long, value_enum, default_value = "identity")]
+        go: sched_trace::record::go::GoLevel,
         /// Stacks to capture, comma-separated: `oncpu` (CPU-clock samples of the traced
         /// threads), `offcpu` (at every switch-out), `wakeup` (the waker's, at every wake-up),
         /// or `none`. A stack walk at every switch costs: see BENCHMARKS.md.
@@ -332,6 +337,7 @@ fn main() -> ExitCode {
             quiet,
             usdt,
             no_usdt,
+            go,
             stacks,
             sample_hz,
             stack_map_entries,
@@ -352,6 +358,7 @@ fn main() -> ExitCode {
                 command_line: std::env::args().collect(),
                 usdt_binaries: usdt,
                 usdt: !no_usdt,
+                go,
                 stacks: StackOptions {
                     oncpu_hz: stacks.oncpu.then_some(sample_hz),
                     offcpu: stacks.offcpu,
@@ -757,6 +764,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         command_line: std::env::args().collect(),
         usdt_binaries: Vec::new(),
         usdt: true,
+        go: Default::default(),
         // The demo's flame graphs: where tasks ran, and where they waited.
         stacks: StackOptions { offcpu: true, wakeup: true, ..RecordOptions::DEFAULT_STACKS },
     })?;

@@ -108,8 +108,9 @@ enum Task {
         /// Only this part: `runtime` (the reference runtime against tokio, and traced),
         /// `record` (what recording costs, next to perf sched record and bpftrace), `report`
         /// (the report and the heat map on a ten-million-event trace, next to perf sched
-        /// latency) or `flamegraph` (a flame graph of a million samples next to perf script and
-        /// inferno, and what stack capture costs next to offcputime).
+        /// latency), `flamegraph` (a flame graph of a million samples next to perf script and
+        /// inferno, and what stack capture costs next to offcputime) or `go` (what following a
+        /// Go program costs it, next to Go's own runtime/trace).
         #[arg(long)]
         only: Option<BenchPart>,
         /// CPU samples a second (per CPU) for the flame graph part's recordings.
@@ -128,6 +129,7 @@ enum BenchPart {
     Record,
     Report,
     Flamegraph,
+    Go,
 }
 
 fn main() -> Result<()> {
@@ -176,6 +178,10 @@ fn main() -> Result<()> {
             if only.is_none() || only == Some(BenchPart::Flamegraph) {
                 bench::flamegraph_speed(&root, runs, sample_hz, &inferno)?;
                 bench::stack_capture_overhead(&root, runs, loops)?;
+            }
+            if only.is_none() || only == Some(BenchPart::Go) {
+                let newest = GO_VERSIONS.last().context("no Go version")?;
+                bench::go_overhead(&root, &Path::new(GO_DIR).join(newest).join("bin/go"), runs, seconds)?;
             }
             Ok(())
         }

@@ -260,6 +260,16 @@ impl TaskStats {
         .fold(0, u64::saturating_add)
     }
 
+    /// How the analyses name it: `goroutine 31 main.worker` (a Go goroutine, by the function
+    /// it started with), `task 7` otherwise.
+    pub fn label(&self) -> String {
+        match (&self.name, self.start_pc) {
+            (Some(name), _) => format!("goroutine {} {name}", self.task),
+            (None, Some(_)) => format!("goroutine {}", self.task),
+            (None, None) => format!("task {}", self.task),
+        }
+    }
+
     pub fn parked_total_ns(&self) -> u64 {
         self.parked_ns.values().fold(0, |a, b| a.saturating_add(*b))
     }

@@ -60,7 +60,7 @@ pub fn write_to(tracks: &Tracks, out: &mut impl Write) -> std::io::Result<()> {
     // Task tracks are numbered in order: task ids can be any 64-bit number, track ids cannot.
     for (n, t) in tracks.tasks.iter().enumerate() {
         let tid = TASK_TID_BASE + n as u64;
-        event(out, meta(t.pid as u64, tid, "thread_name", &format!("task {}", t.task)))?;
+        event(out, meta(t.pid as u64, tid, "thread_name", &t.label))?;
         for s in &t.slices {
             event(out, complete(t.pid as u64, tid, s))?;
         }

@@ -70,6 +70,8 @@ pub struct CpuTrack {
 pub struct TaskTrack {
     pub pid: u32,
     pub task: u64,
+    /// Its name (`task 7`, `goroutine 31 main.worker`).
+    pub label: String,
     pub slices: Vec<Slice>,
 }
 
@@ -200,7 +202,7 @@ impl Tracks {
                 };
                 slices.push(Slice { start, end, name, depth, args });
             }
-            tasks.push(TaskTrack { pid: t.pid, task: t.task, slices: well_nested(slices) });
+            tasks.push(TaskTrack { pid: t.pid, task: t.task, label: t.label(), slices: well_nested(slices) });
         }
         Tracks {
             processes,

@@ -96,7 +96,7 @@ pub fn write_to(tracks: &Tracks, out: &mut impl Write) -> Result<(), protobuf::E
         let mut track = TrackDescriptor::new();
         track.set_uuid(task_uuid(i));
         track.set_parent_uuid(process_uuid(t.pid));
-        track.set_name(format!("task {}", t.task));
+        track.set_name(t.label.clone());
         packet(&mut os, descriptor(track))?;
     }
 

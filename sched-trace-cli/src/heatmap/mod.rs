@@ -224,7 +224,7 @@ pub fn build_from<R: std::io::Read>(
         ranked.sort_by(|a, b| b.1.events.cmp(&a.1.events).then(a.0.cmp(&b.0)));
         for (key, g) in ranked.into_iter().take(top.max(1)) {
             panels.push(Panel {
-                label: group_label(p, key, &names),
+                label: group_label(p, key, &names, &correlation.tasks),
                 group_args: group_args(p, key),
                 grid: g.dense(columns, buckets),
             });
@@ -310,7 +310,7 @@ fn group_key(per: Per, s: &Sample) -> GroupKey {
     }
 }
 
-fn group_label(per: Per, key: GroupKey, names: &TaskNames) -> String {
+fn group_label(per: Per, key: GroupKey, names: &TaskNames, tasks: &[correlate::TaskStats]) -> String {
     let id = key.0;
     match per {
         Per::Cpu if id == NO_CPU as u64 => "CPU not known".into(),
@@ -318,7 +318,10 @@ fn group_label(per: Per, key: GroupKey, names: &TaskNames) -> String {
         Per::Thread => format!("{} (tid {id})", names.display(id as u32)),
         Per::Process => format!("{} (pid {id})", names.display(id as u32)),
         Per::Task if key == NO_TASK => "no task".into(),
-        Per::Task => format!("task {} (pid {id})", key.1),
+        Per::Task => {
+            let task = tasks.iter().find(|t| (t.pid as u64, t.task) == key);
+            format!("{} (pid {id})", task.map_or_else(|| format!("task {}", key.1), |t| t.label()))
+        }
     }
 }
 

@@ -17,6 +17,16 @@ use crate::trace::{
     format::{GoChunk, GoProcess},
 };
 
+/// How much of a Go program's scheduling is followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GoLevel {
+    /// Not at all: its threads only.
+    Off,
+    /// Which goroutine each thread runs, read at every switch-out and CPU sample (no uprobe).
+    #[default]
+    Identity,
+}
+
 /// The probe-table entry of the goroutine records.
 pub const PROVIDER: &str = "go";
 pub const GOROUTINE_PROBE: &str = "goroutine";

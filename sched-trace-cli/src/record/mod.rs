@@ -137,6 +137,8 @@ pub struct RecordOptions {
     pub usdt_binaries: Vec<PathBuf>,
     /// Attach the USDT probes of the traced executables (and of `usdt_binaries`).
     pub usdt: bool,
+    /// How Go programs' goroutines are followed.
+    pub go: go::GoLevel,
     /// Which stacks to capture (CPU samples, switch-outs, wake-ups).
     pub stacks: StackOptions,
 }
@@ -247,7 +249,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         .iter()
         .map(|c| (c.pid(), c.program().to_path_buf()))
         .chain(opts.pids.iter().map(|&p| (p, PathBuf::from(format!("/proc/{p}/exe")))));
-    for (pid, path) in go_targets {
+    for (pid, path) in go_targets.filter(|_| opts.go != go::GoLevel::Off) {
         match go::inspect(pid, &path) {
             go::Inspected::NotGo => {}
             go::Inspected::Unsupported(info) => go_unsupported.push(info),
@@ -354,6 +356,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let started = Instant::now();
     let mut session = Session {
         ring,
+        go_level: opts.go,
         counters,
         drained: Drained {
             received: [0; DropCounters::SLOTS],
@@ -714,6 +717,7 @@ const SIGNAL_GRACE: Duration = Duration::from_secs(3);
 
 struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
+    go_level: go::GoLevel,
     counters: KernelCounters,
     /// Records drained, per kind.
     drained: Drained,
@@ -887,7 +891,7 @@ impl Session {
         for &pid in exec_pids {
             let exe = PathBuf::from(format!("/proc/{pid}/exe"));
             // The launched command's own exec: followed since before it.
-            if self.drained.go.follows(pid, &exe) {
+            if self.go_level == go::GoLevel::Off || self.drained.go.follows(pid, &exe) {
                 continue;
             }
             match go::inspect(pid, &exe) {

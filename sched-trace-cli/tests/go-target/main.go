@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,7 @@ var (
 	gcs        = flag.Int("gcs", 5, "forced garbage collections")
 	sleepers   = flag.Int("sleepers", 3, "goroutines that sleep 1 ms in a loop")
 	waitSignal = flag.Bool("wait", false, "print the pid, then wait for a line on stdin before starting")
+	traceFile  = flag.String("trace", "", "write Go's own execution trace (runtime/trace) to this file")
 )
 
 // Per start function, goroutines created and exited (the program counts its own).
@@ -90,16 +92,19 @@ type result struct {
 	Echoes       int64            `json:"echoes"`
 	EchoConns    int64            `json:"echo_conns"`
 	ElapsedNanos int64            `json:"elapsed_ns"`
+	// The benchmark's figures: work done per second of the run.
+	PingPongsPerSec float64 `json:"ping_pongs_per_sec"`
+	EchoesPerSec    float64 `json:"echoes_per_sec"`
 }
 
 var (
-	deadline             time.Time
-	pingPongs, echoes    atomic.Int64
-	conns, lockedSpins   atomic.Int64
-	ping, pong           = make(chan int), make(chan int)
-	listener             net.Listener
-	spinGoid             = make(chan int64, 1)
-	lockedIDs            = make(chan [2]int64, 1)
+	deadline           time.Time
+	pingPongs, echoes  atomic.Int64
+	conns, lockedSpins atomic.Int64
+	ping, pong         = make(chan int), make(chan int)
+	listener           net.Listener
+	spinGoid           = make(chan int64, 1)
+	lockedIDs          = make(chan [2]int64, 1)
 )
 
 // Channel ping-pong: two goroutines hand a token back and forth.
@@ -220,6 +225,19 @@ func main() {
 		fmt.Fprintf(os.Stderr, "schedtarget: pid %d waiting\n", os.Getpid())
 		bufio.NewReader(os.Stdin).ReadString('\n')
 	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "schedtarget:", err)
+			os.Exit(1)
+		}
+		if err := trace.Start(f); err != nil {
+			fmt.Fprintln(os.Stderr, "schedtarget: runtime/trace:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		defer trace.Stop()
+	}
 	var res result
 	res.Pid = os.Getpid()
 	res.GoVersion = runtime.Version()
@@ -271,6 +289,8 @@ func main() {
 	res.Created, res.Exited = counts(&created), counts(&exited)
 	res.PingPongs, res.Echoes, res.EchoConns = pingPongs.Load(), echoes.Load(), conns.Load()
 	res.ElapsedNanos = time.Since(start).Nanoseconds()
+	secs := float64(res.ElapsedNanos) / 1e9
+	res.PingPongsPerSec, res.EchoesPerSec = float64(res.PingPongs)/secs, float64(res.Echoes)/secs
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
 }

@@ -8,7 +8,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod go;
 mod stacks;
+pub use go::go_overhead;
 pub use stacks::{flamegraph_speed, stack_capture_overhead};
 
 /// Ops per second of one run: the `"ops_per_sec"` of the JSON line a workload prints last.
