@@ -12,7 +12,7 @@
 
 use std::{borrow::Cow, collections::BTreeMap, path::Path};
 
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use serde::{Deserialize, Serialize};
 
 /// Why a Go executable could not be used.
@@ -135,8 +135,11 @@ pub struct GoBinary {
     /// Addresses of runtime globals the recorder reads (`runtime.gomaxprocs`), when the symbol
     /// table is there.
     pub globals: BTreeMap<String, u64>,
-    /// Whether the image is position-independent (its addresses move with the load address).
+    /// Whether the image is position-independent (its addresses move with the load address)...
     pub position_independent: bool,
+    /// ...and the link-time address of its first byte (the segment at file offset 0): the load
+    /// bias is where that page is mapped, less this.
+    pub image_base: u64,
     /// The functions the compiler's `go` statement wrappers (`main.main.gowrap3`: a `go f(x)`
     /// with arguments) call, by wrapper entry: the function the goroutine really runs.
     pub wrapped: BTreeMap<u64, String>,
@@ -241,6 +244,7 @@ impl GoBinary {
             functions,
             globals,
             position_independent: elf.kind() == object::ObjectKind::Dynamic,
+            image_base: elf.segments().find(|seg| seg.file_range().0 == 0).map_or(0, |seg| seg.address()),
             wrapped,
         }))
     }
@@ -389,9 +393,8 @@ fn tls_g_offset(name: &str, elf: &object::File, functions: &[GoFunction]) -> Res
     }
     Err(GoError::Code {
         path: name.into(),
-        what: "no `mov %fs:disp32, reg` in runtime.stackcheck or runtime.systemstack: the \
-               thread-local slot of g is not where this reads it (a cgo build with external \
-               linking?)"
+        what: "no load of g through %fs in runtime.stackcheck or runtime.systemstack that this \
+               reads: the thread-local slot of g is not known, so goroutines cannot be followed"
             .into(),
     })
 }
@@ -438,18 +441,39 @@ fn bytes_at<'a>(elf: &object::File<'a>, addr: u64, len: u64) -> Option<&'a [u8]>
     })
 }
 
-/// The displacement of the first `mov %fs:disp32, r64` in `code`: `64 REX.W(48|4c) 8b ModRM SIB
-/// disp32` with ModRM mod = 00, r/m = 100 (a SIB follows) and SIB = 0x25 (no base, no index).
+/// Where the first load of `g` through `%fs` in `code` reads, as the Go linker writes it:
+/// - `mov %fs:disp32, r64` (`64 REX.W 8b ModRM SIB disp32`, ModRM mod = 00 r/m = 100, SIB = 0x25:
+///   no base, no index), in executables linked by Go itself;
+/// - `mov $imm32, r64` then `mov %fs:(r64), r64` (`REX.W c7 c0+r imm32`, then `64 REX.W 8b` with
+///   ModRM mod = 00 and r/m = that register), in position-independent builds.
 pub fn fs_displacement(code: &[u8]) -> Option<i64> {
-    code.windows(9).find_map(|w| {
-        let modrm = w[3];
-        (w[0] == 0x64
-            && (w[1] == 0x48 || w[1] == 0x4c)
-            && w[2] == 0x8b
-            && modrm & 0xc7 == 0x04
-            && w[4] == 0x25)
+    let rex_w = |b: u8| b & 0xf8 == 0x48;
+    let direct = code.windows(9).find_map(|w| {
+        (w[0] == 0x64 && rex_w(w[1]) && w[1] & 1 == 0 && w[2] == 0x8b && w[3] & 0xc7 == 0x04 && w[4] == 0x25)
             .then(|| i64::from(i32::from_le_bytes([w[5], w[6], w[7], w[8]])))
-    })
+    });
+    let via_register = || {
+        code.windows(11).find_map(|w| {
+            // mov $imm32, r: REX.W (B selects r8–r15) c7, ModRM 11 000 rrr.
+            let (rex, modrm) = (w[0], w[2]);
+            if !(rex_w(rex) && w[1] == 0xc7 && modrm & 0xf8 == 0xc0) {
+                return None;
+            }
+            let reg = (modrm & 7) | ((rex & 1) << 3);
+            let imm = i64::from(i32::from_le_bytes([w[3], w[4], w[5], w[6]]));
+            // mov %fs:(r), r': 64 REX.W (B: r's high bit) 8b, ModRM 00 xxx rrr (no SIB, no RIP).
+            let (rex2, modrm2) = (w[8], w[10]);
+            let base = (modrm2 & 7) | ((rex2 & 1) << 3);
+            (w[7] == 0x64
+                && rex_w(rex2)
+                && w[9] == 0x8b
+                && modrm2 & 0xc0 == 0
+                && !matches!(modrm2 & 7, 4 | 5)
+                && base == reg)
+                .then_some(imm)
+        })
+    };
+    direct.or_else(via_register)
 }
 
 /// Where a uprobe on the Go function at `entry` goes: past the stack-check prologue
@@ -494,6 +518,12 @@ mod tests {
         assert_eq!(fs_displacement(&[0x64, 0x4c, 0x89, 0x34, 0x25, 0xf8, 0xff, 0xff, 0xff]), None);
         assert_eq!(fs_displacement(&[0x64, 0x48, 0x8b, 0x01, 0x25, 0xf8, 0xff, 0xff, 0xff]), None);
         assert_eq!(fs_displacement(&[0x64, 0x48]), None);
+        // PIE: mov $0xfffffffffffffff8,%rcx ; mov %fs:(%rcx),%rax
+        let pie = [0x48, 0xc7, 0xc1, 0xf8, 0xff, 0xff, 0xff, 0x64, 0x48, 0x8b, 0x01, 0x48];
+        assert_eq!(fs_displacement(&pie), Some(-8));
+        // ... but not through another register than the one loaded.
+        let other = [0x48, 0xc7, 0xc1, 0xf8, 0xff, 0xff, 0xff, 0x64, 0x48, 0x8b, 0x02, 0x48];
+        assert_eq!(fs_displacement(&other), None);
 
         let long = [0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x88, 0x01, 0x00, 0x00, 0x55, 0x48];
         assert_eq!(after_prologue(&long), Some(10));

@@ -49,27 +49,49 @@ fn minor(version: &str) -> u32 {
     version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
 }
 
-/// Builds the test program with `go`, stripped (`-s -w`) or not; cached per version.
-fn build(version: &str, go: &Path, stripped: bool) -> PathBuf {
+/// How the test program is built.
+#[derive(Clone, Copy, PartialEq)]
+enum Build {
+    Plain,
+    /// `-ldflags=-s -w`: no symbol table, no DWARF.
+    Stripped,
+    /// `-buildmode=pie` with cgo: loaded at a random address, `g` reached through a register.
+    Pie,
+    /// cgo, linked by the system linker (`-linkmode=external`).
+    ExternalLink,
+}
+
+/// Builds the test program with `go` as `how` says; cached per version.
+fn build_as(version: &str, go: &Path, how: Build) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("../target/go-test").join(version);
-    let out = dir.join(if stripped { "schedtarget-stripped" } else { "schedtarget" });
-    let mut cmd = Command::new(go);
-    cmd.arg("build").arg("-o").arg(&out);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    let status = cmd
+    let (name, flags, cgo): (&str, &[&str], &str) = match how {
+        Build::Plain => ("schedtarget", &[], "0"),
+        Build::Stripped => ("schedtarget-stripped", &["-ldflags=-s -w"], "0"),
+        Build::Pie => ("schedtarget-pie", &["-buildmode=pie"], "1"),
+        Build::ExternalLink => ("schedtarget-external", &["-ldflags=-linkmode=external"], "1"),
+    };
+    let out = dir.join(name);
+    let status = Command::new(go)
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .args(flags)
         .arg(".")
         .current_dir(root.join("tests/go-target"))
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", cgo)
         .env("GOCACHE", dir.join("../cache"))
         .status()
         .unwrap();
     assert!(status.success(), "go build with Go {version} failed");
     out
+}
+
+fn build(version: &str, go: &Path, stripped: bool) -> PathBuf {
+    build_as(version, go, if stripped { Build::Stripped } else { Build::Plain })
 }
 
 /// A CPU hog pinned to `cpu`, killed when dropped.
@@ -123,6 +145,9 @@ fn check_identity(report: &Value, me: &Value, hog: bool, stripped: bool) {
     if !stripped {
         assert_eq!(go["gomaxprocs"], me["gomaxprocs"], "{go}");
     }
+    // Every CPU of the machine (the locked goroutine pinned its own thread only).
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(go["cpus_allowed"], cpus, "{go}");
     let names = start_functions(report);
     for f in ["main.pinger", "main.ponger", "main.spinner", "main.lockedSpinner", "runtime.main"] {
         assert!(names.iter().any(|n| n == f), "no goroutine started by {f} in {names:?}");
@@ -168,6 +193,25 @@ fn goroutines_are_named_and_a_locked_goroutine_shows_cfs_stolen_time() {
         let report = report_json(&trace);
         check_identity(&report, &me, true, false);
         eprintln!("Go {version}: {}", report["tasks"]["totals"]);
+        // The other analyses name goroutines the same way, with no Go-specific code of theirs.
+        let locked = format!("goroutine {} main.lockedSpinner", me["locked_goid"]);
+        let folded = output(sched_trace().arg("flamegraph").arg(&trace).arg("--folded"));
+        assert!(folded.status.success(), "{}", stderr(&folded));
+        let folded = String::from_utf8_lossy(&folded.stdout);
+        assert!(folded.lines().any(|l| l.split(';').nth(1) == Some(locked.as_str())), "no {locked} frame");
+        let heat = output(sched_trace().arg("heatmap").arg(&trace).args([
+            "--metric",
+            "cfs-stolen",
+            "--per",
+            "task",
+            "--format",
+            "json",
+        ]));
+        assert!(heat.status.success(), "{}", stderr(&heat));
+        assert!(
+            String::from_utf8_lossy(&heat.stdout).contains(&locked),
+            "the heat map has no {locked} panel"
+        );
     }
 }
 
@@ -192,6 +236,22 @@ fn a_running_go_program_is_followed_by_pid() {
     assert!(out.status.success(), "{}", stderr(&out));
     let me = program_result(&program.wait_with_output().unwrap().stdout);
     check_identity(&report_json(&trace), &me, false, false);
+}
+
+#[test]
+fn position_independent_and_cgo_builds_are_followed() {
+    let Some(_k) = kernel_probes() else { return };
+    let tools = toolchains();
+    let dir = tempfile::tempdir().unwrap();
+    for (version, go) in [tools.first(), tools.last()].into_iter().flatten() {
+        for how in [Build::Pie, Build::ExternalLink] {
+            let exe = build_as(version, go, how);
+            let trace = dir.path().join("cgo.trace");
+            let out = record(&trace, &["--", exe.to_str().unwrap(), "-duration", "700ms", "-gcs", "1"]);
+            assert!(out.status.success(), "Go {version}: {}", stderr(&out));
+            check_identity(&report_json(&trace), &program_result(&out.stdout), false, false);
+        }
+    }
 }
 
 #[test]

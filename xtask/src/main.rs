@@ -31,6 +31,9 @@ const PACKAGES: &[&str] = &[
     "chromium",
     // GNU time: the benchmarks' peak memory.
     "time",
+    // A C toolchain for the cgo builds of the Go test program.
+    "gcc",
+    "libc6-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLS_DIR: &str = "/opt/sched-trace/tools";

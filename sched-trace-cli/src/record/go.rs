@@ -166,7 +166,7 @@ impl GoPrograms {
             return None;
         }
         if f.bias.is_none() {
-            f.bias = load_bias(pid, &f.binary.path);
+            f.bias = load_bias(pid, &f.binary);
         }
         let bias = f.bias?;
         f.info.cpus_allowed = cpus_allowed(pid);
@@ -202,7 +202,7 @@ impl GoPrograms {
         let mut chunk = GoChunk::default();
         for (pid, pc) in std::mem::take(&mut self.unnamed) {
             let Some(f) = self.followed.get(&pid) else { continue };
-            let Some(bias) = f.bias.or_else(|| load_bias(pid, &f.binary.path)) else {
+            let Some(bias) = f.bias.or_else(|| load_bias(pid, &f.binary)) else {
                 self.unnamed.insert((pid, pc));
                 continue;
             };
@@ -232,30 +232,43 @@ impl GoPrograms {
     }
 }
 
-/// How many CPUs process `pid` may run on (`Cpus_allowed_list`, e.g. `0-3,8`).
+/// How many CPUs process `pid` may run on: the widest `Cpus_allowed_list` (`0-3,8`) of its
+/// threads (one thread may have pinned itself: a goroutine under `LockOSThread` did, in the
+/// tests).
 fn cpus_allowed(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim();
-    let mut n = 0u32;
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-        n = n.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
-    }
-    Some(n)
+    let count = |status: &str| -> Option<u32> {
+        let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim();
+        let mut n = 0u32;
+        for part in list.split(',').filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            n = n.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
+        }
+        Some(n)
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| count(&s))
+        .max()
 }
 
-/// Where process `pid` mapped `binary`'s first page, less its link address of 0 (PIE).
-fn load_bias(pid: u32, binary: &str) -> Option<u64> {
-    let exe = std::fs::canonicalize(binary).ok()?;
+/// Where process `pid` mapped `binary`'s first page, less that page's link-time address
+/// (position-independent builds move by this much).
+fn load_bias(pid: u32, binary: &GoBinary) -> Option<u64> {
+    let exe = std::fs::canonicalize(&binary.path).ok()?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     maps.lines().find_map(|line| {
         let mut f = line.split_whitespace();
         let range = f.next()?;
         let (_perms, offset) = (f.next()?, f.next()?);
         let path = f.nth(2)?;
-        (Path::new(path) == exe && u64::from_str_radix(offset, 16).ok()? == 0)
-            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())?
+        if Path::new(path) != exe || u64::from_str_radix(offset, 16).ok()? != 0 {
+            return None;
+        }
+        let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
+        Some(start.wrapping_sub(binary.image_base))
     })
 }
 
