@@ -15,6 +15,7 @@ fn main() {
                 let mut l = b.layout.clone();
                 l.wait_reasons.retain(|k, _| *k < 4);
                 println!("  {l:?}");
+                println!("  sites {:?}\n  missing {:?}", b.probe_sites, b.missing_sites);
             }
             Ok(None) => println!("{path}: not a Go program"),
             Err(e) => println!("{path}: {e}"),

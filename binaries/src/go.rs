@@ -109,6 +109,31 @@ pub enum LayoutSource {
     Table,
 }
 
+/// Where one of the runtime's scheduling points can be probed (the full level).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoProbeSite {
+    /// What the point is: `execute`, `gopark`, `ready`, `goroutine_ready`, `goexit`, `gosched`,
+    /// `preempt_park`, `newproc`.
+    pub point: &'static str,
+    /// The function it is in, and the address and file offset of the instruction probed.
+    pub function: String,
+    pub address: u64,
+    pub file_offset: u64,
+}
+
+/// The runtime functions probed at entry (after their stack-check prologue), by point.
+const ENTRY_POINTS: [(&str, &str); 7] = [
+    ("execute", "runtime.execute"),
+    ("gopark", "runtime.gopark"),
+    ("ready", "runtime.ready"),
+    ("goroutine_ready", "runtime.goroutineReady"),
+    ("goexit", "runtime.goexit0"),
+    // Taken off its thread without parking: Gosched or a preemption (it stays runnable)...
+    ("gosched", "runtime.goschedImpl"),
+    // ...or stopped by a preemption request until the suspender lets it go (it is readied).
+    ("preempt_park", "runtime.preemptPark"),
+];
+
 /// One function of the binary: entry address (link-time virtual address) and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoFunction {
@@ -140,6 +165,10 @@ pub struct GoBinary {
     /// ...and the link-time address of its first byte (the segment at file offset 0): the load
     /// bias is where that page is mapped, less this.
     pub image_base: u64,
+    /// The runtime's scheduling points this binary can be probed at (see [`GoProbeSite`]), and
+    /// why the others cannot.
+    pub probe_sites: Vec<GoProbeSite>,
+    pub missing_sites: Vec<String>,
     /// The functions the compiler's `go` statement wrappers (`main.main.gowrap3`: a `go f(x)`
     /// with arguments) call, by wrapper entry: the function the goroutine really runs.
     pub wrapped: BTreeMap<u64, String>,
@@ -232,6 +261,7 @@ impl GoBinary {
         }
         let tls_g_offset = tls_g_offset(name, &elf, &functions)?;
         let wrapped = go_wrappers(&elf, &functions);
+        let (probe_sites, missing_sites) = probe_sites(&elf, &functions);
         Ok(Some(GoBinary {
             path: name.into(),
             version,
@@ -246,6 +276,8 @@ impl GoBinary {
             position_independent: elf.kind() == object::ObjectKind::Dynamic,
             image_base: elf.segments().find(|seg| seg.file_range().0 == 0).map_or(0, |seg| seg.address()),
             wrapped,
+            probe_sites,
+            missing_sites,
         }))
     }
 
@@ -399,6 +431,61 @@ fn tls_g_offset(name: &str, elf: &object::File, functions: &[GoFunction]) -> Res
     })
 }
 
+/// The file offset of virtual address `addr` (in a section with file contents).
+fn file_offset_of(elf: &object::File, addr: u64) -> Option<u64> {
+    elf.sections().find_map(|s| {
+        let (start, size) = s.file_range()?;
+        let off = addr.checked_sub(s.address())?;
+        (off < size.min(s.size())).then(|| start + off)
+    })
+}
+
+/// Where each scheduling point is probed. Entry points go after the stack-check prologue (or at
+/// a first `push %rbp` of a function without one); the creation of a goroutine is probed just
+/// after `runtime.newproc`'s closure calls `runtime.newproc1`, where RAX holds the new `g`.
+fn probe_sites(elf: &object::File, functions: &[GoFunction]) -> (Vec<GoProbeSite>, Vec<String>) {
+    let (mut sites, mut missing) = (Vec::new(), Vec::new());
+    let by_name = |n: &str| functions.iter().find(|f| f.name == n);
+    let site = |point, f: &GoFunction, address: u64| {
+        file_offset_of(elf, address).map(|file_offset| GoProbeSite {
+            point,
+            function: f.name.clone(),
+            address,
+            file_offset,
+        })
+    };
+    for (point, name) in ENTRY_POINTS {
+        let Some(f) = by_name(name) else {
+            missing.push(format!("{point}: no function {name}"));
+            continue;
+        };
+        let code = bytes_at(elf, f.entry, 16).unwrap_or_default();
+        let offset = after_prologue(code).or((code.first() == Some(&0x55)).then_some(0));
+        match offset.and_then(|o| site(point, f, f.entry + o)) {
+            Some(s) => sites.push(s),
+            None => missing.push(format!("{point}: {name} does not start with the stack-check prologue")),
+        }
+    }
+    let newproc1 = by_name("runtime.newproc1").map(|f| f.entry);
+    let closure = functions.iter().position(|f| f.name == "runtime.newproc.func1");
+    let after_call = newproc1.zip(closure).and_then(|(target, i)| {
+        let f = &functions[i];
+        let end = functions.get(i + 1).map_or(f.entry + 512, |n| n.entry).min(f.entry + 512);
+        let code = bytes_at(elf, f.entry, end - f.entry)?;
+        code.windows(5).enumerate().find_map(|(at, w)| {
+            let next = f.entry + at as u64 + 5;
+            let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
+            (w[0] == 0xe8 && next.checked_add_signed(rel) == Some(target))
+                .then(|| site("newproc", f, next))?
+        })
+    });
+    match after_call {
+        Some(s) => sites.push(s),
+        None => missing.push("newproc: no call of runtime.newproc1 in runtime.newproc.func1".into()),
+    }
+    (sites, missing)
+}
+
 /// For every `go` statement wrapper, the first function it calls (a `call rel32` whose target is
 /// a function's entry, the stack-growth call excepted).
 fn go_wrappers(elf: &object::File, functions: &[GoFunction]) -> BTreeMap<u64, String> {
@@ -418,7 +505,12 @@ fn go_wrappers(elf: &object::File, functions: &[GoFunction]) -> BTreeMap<u64, St
             let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
             let next = f.entry.checked_add(at as u64 + 5)?;
             let callee = entry_of(next.checked_add_signed(rel)?)?;
-            (!callee.name.starts_with("runtime.morestack")).then(|| callee.name.clone())
+            // Outside the runtime, a wrapper's calls into it copy arguments or block (a
+            // `go func() { <-c }()` inlined): the goroutine's function is the first other one.
+            let runtime_wrapper = f.name.starts_with("runtime.");
+            (!callee.name.starts_with("runtime.morestack")
+                && (runtime_wrapper || !callee.name.starts_with("runtime.")))
+            .then(|| callee.name.clone())
         });
         if let Some(t) = target {
             out.insert(f.entry, t);

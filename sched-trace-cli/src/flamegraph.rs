@@ -171,12 +171,10 @@ pub fn build_from<R: std::io::Read>(
             execs.push((e.pid, e.ts));
         }
         let probe = match e.kind {
-            EventKind::UserTask { probe, .. } => {
-                reader.user_probe(probe).map(|p| (p.provider.clone(), p.name.clone()))
-            }
+            EventKind::UserTask { probe, .. } => reader.user_probe(probe),
             _ => None,
         };
-        c.event(&e, probe.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
+        c.event(&e, probe);
         if let EventKind::CpuSample { user_stack, kernel_stack, .. } = e.kind
             && spec.kind == FlameKind::OnCpu
             && spec.selection.is_none()

@@ -326,3 +326,51 @@ fn a_stripped_build_of_an_unsupported_version_is_refused_with_what_still_works()
     assert!(report["tasks"].is_null(), "no goroutines without a layout");
     assert!(!report["threads"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn the_full_level_sees_every_creation_exit_and_wait_reason() {
+    let Some(_k) = kernel_probes() else { return };
+    let tools = toolchains();
+    let dir = tempfile::tempdir().unwrap();
+    for (version, go) in [tools.first(), tools.last()].into_iter().flatten() {
+        let exe = build(version, go, false);
+        let trace = dir.path().join(format!("{version}-full.trace"));
+        let args = ["--go", "full", "--", exe.to_str().unwrap(), "-duration", "1500ms", "-gcs", "2"];
+        let out = record(&trace, &args);
+        assert!(out.status.success(), "Go {version}: {}", stderr(&out));
+        let me = program_result(&out.stdout);
+        let report = report_json(&trace);
+        assert_eq!(report["go"][0]["level"], "full", "{}", report["go"]);
+        // Every goroutine the program started (it counts its own, by start function), created
+        // and exited in the trace: the probes were on before the program's first instruction.
+        let groups = report["tasks"]["by_start_function"].as_array().unwrap();
+        for (f, n) in me["created"].as_object().unwrap() {
+            let g = groups
+                .iter()
+                .find(|g| g["start_function"] == f.as_str())
+                .unwrap_or_else(|| panic!("Go {version}: no goroutine of {f}"));
+            assert_eq!(&g["tasks"], n, "Go {version}: goroutines of {f}");
+            assert_eq!(g["exited"], me["exited"][f], "Go {version}: exits of {f}");
+        }
+        // Parks by the runtime's own wait reasons, named from its DWARF.
+        let reasons: Vec<&str> = report["tasks"]["by_wait_reason"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r[0].as_str())
+            .collect();
+        for r in ["waitReasonIOWait", "waitReasonSleep", "waitReasonChanReceive"] {
+            assert!(reasons.contains(&r), "Go {version}: no park for {r} in {reasons:?}");
+        }
+        // The echo clients park in the netpoller and the netpoller readies them.
+        let tasks = report["tasks"]["tasks"].as_array().unwrap();
+        let clients: Vec<&Value> =
+            tasks.iter().filter(|t| t["start_function"] == "main.echoClient").collect();
+        assert_eq!(clients.len() as u64, me["created"]["main.echoClient"].as_u64().unwrap());
+        for c in clients {
+            assert!(c["netpoll_ns"].as_u64().unwrap() > 0, "{c}");
+            let by_netpoller = c["wakers"].as_array().unwrap().iter().find(|w| w["by"] == "netpoller");
+            assert!(by_netpoller.is_some_and(|w| w["count"].as_u64().unwrap() > 0), "{c}");
+        }
+    }
+}

@@ -133,12 +133,12 @@ impl Correlator {
         self.tasks.running_task(tid)
     }
 
-    /// Takes one event. `probe` names the user-level probe of a `UserTask` event
-    /// (provider, name), from the trace's probe table.
-    pub fn event(&mut self, e: &crate::trace::Event, probe: Option<(&str, &str)>) {
+    /// Takes one event. `probe` is the user-level probe of a `UserTask` event, from the
+    /// trace's probe table.
+    pub fn event(&mut self, e: &crate::trace::Event, probe: Option<&crate::trace::UserProbe>) {
         let transition = match e.kind {
             EventKind::UserTask { args, .. } => {
-                probe.and_then(|(provider, name)| tasks::transition(provider, name, &args))
+                probe.and_then(|p| tasks::transition(&p.provider, &p.name, &p.reasons, &args))
             }
             _ => None,
         };
@@ -169,6 +169,11 @@ impl Correlator {
                 && !matches!(t, Transition::Observed { .. })
             {
                 self.tasks.apply(e.ts, e.pid, e.tid, task, t);
+                if let (Some(p), EventKind::UserTask { args, .. }) = (probe, &e.kind)
+                    && let Some(pc) = tasks::start_pc_of(&p.provider, &p.name, args)
+                {
+                    self.tasks.note_start_pc((e.pid, task), pc);
+                }
             }
         }
     }
@@ -203,14 +208,24 @@ pub struct Finished {
     pub on_cpu_in_tasks: rustc_hash::FxHashMap<u32, u64>,
 }
 
-/// Names the tasks whose start function the trace's tables name (goroutines).
+/// Names what the trace's tables name of its tasks (goroutines): the function each started
+/// with, and the wait reasons it parked for.
 pub fn name_tasks(tasks: &mut [TaskStats], tables: &TraceTables) {
-    if tables.go_start_functions.is_empty() {
+    if tables.go_start_functions.is_empty() && tables.go_processes.is_empty() {
         return;
     }
     for t in tasks {
         if let Some(pc) = t.start_pc {
             t.name = tables.go_start_functions.get(&(t.pid, pc)).cloned();
+        }
+        let Some(p) = tables.go_processes.iter().find(|p| p.pid == t.pid) else { continue };
+        for (&wait, &ns) in &t.parked_by_wait {
+            let name = p
+                .wait_reasons
+                .get(&u64::from(wait))
+                .cloned()
+                .unwrap_or_else(|| format!("waitReason({wait})"));
+            *t.parked_by_wait_name.entry(name).or_default() += ns;
         }
     }
 }
@@ -256,9 +271,7 @@ pub fn correlate_with<R: std::io::Read>(
     while let Some(e) = reader.next_event()? {
         first_ts.get_or_insert(e.ts);
         let probe = match e.kind {
-            EventKind::UserTask { probe, .. } => {
-                reader.user_probe(probe).map(|p| (p.provider.as_str(), p.name.as_str()))
-            }
+            EventKind::UserTask { probe, .. } => reader.user_probe(probe),
             _ => None,
         };
         c.event(&e, probe);

@@ -16,7 +16,7 @@
 //! (preempted: CFS-stolen; asleep in a syscall: blocked in the kernel) until another observation
 //! names someone else. Its time outside runs is not known (neither queued nor parked).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -83,6 +83,8 @@ pub enum Transition {
     Park {
         reason: ParkReason,
         fd: Option<u64>,
+        /// The runtime's own wait reason (Go's `waitReason`), when it says one.
+        wait: Option<u8>,
     },
     Ready {
         waker: Waker,
@@ -100,12 +102,16 @@ pub enum Transition {
 
 /// Interprets a user-level probe hit as a task transition: `(task, transition)`, or `None` for
 /// probes that are not about one task (steals, M parking) or of unknown runtimes.
-pub fn transition(provider: &str, name: &str, args: &[u64]) -> Option<(u64, Transition)> {
+pub fn transition(
+    provider: &str,
+    name: &str,
+    reasons: &BTreeMap<u64, String>,
+    args: &[u64],
+) -> Option<(u64, Transition)> {
     const NONE: u64 = u64::MAX;
     let arg = |i: usize| args.get(i).copied().unwrap_or(0);
-    if provider == "go" && name == "goroutine" {
-        use sched_trace_abi::go_identity_arg as a;
-        return Some((arg(a::GOID), Transition::Observed { start_pc: arg(a::STARTPC) }));
+    if provider == "go" {
+        return go_transition(name, reasons, args);
     }
     if provider != "refrt" {
         return None;
@@ -115,6 +121,7 @@ pub fn transition(provider: &str, name: &str, args: &[u64]) -> Option<(u64, Tran
         "task_spawn" => Transition::Spawn { parent: (arg(1) != 0).then_some(arg(1)), queue: queue(arg(2)) },
         "task_run" => Transition::Run { p: (arg(2) != NONE).then_some(arg(2)) },
         "task_park" => Transition::Park {
+            wait: None,
             reason: match arg(1) {
                 1 => ParkReason::Netpoll,
                 2 => ParkReason::Timer,
@@ -139,6 +146,54 @@ pub fn transition(provider: &str, name: &str, args: &[u64]) -> Option<(u64, Tran
         _ => return None,
     };
     Some((arg(0), t))
+}
+
+/// The Go runtime's probes (`record::go`): the identity record, and the scheduler functions of
+/// the full level, each with the goroutine's id first.
+fn go_transition(name: &str, reasons: &BTreeMap<u64, String>, args: &[u64]) -> Option<(u64, Transition)> {
+    let arg = |i: usize| args.get(i).copied().unwrap_or(0);
+    let goid = arg(0);
+    let t = match name {
+        "goroutine" => {
+            use sched_trace_abi::go_identity_arg as a;
+            return Some((arg(a::GOID), Transition::Observed { start_pc: arg(a::STARTPC) }));
+        }
+        _ if goid == 0 => return None,
+        "execute" => Transition::Run { p: None },
+        "newproc" => Transition::Spawn { parent: None, queue: Queue::Unknown },
+        "ready" => Transition::Ready { waker: Waker::Other, queue: Queue::Unknown },
+        "goroutine_ready" => Transition::Ready { waker: Waker::Timer, queue: Queue::Unknown },
+        "goexit" => Transition::Exit,
+        // Still runnable: back in a run queue.
+        "gosched" => Transition::Park { reason: ParkReason::Yield, fd: None, wait: None },
+        "preempt_park" => Transition::Park { reason: ParkReason::Other, fd: None, wait: None },
+        "gopark" => {
+            let wait = arg(1) as u8;
+            Transition::Park { reason: go_park_reason(reasons.get(&arg(1))), fd: None, wait: Some(wait) }
+        }
+        _ => return None,
+    };
+    Some((goid, t))
+}
+
+/// The start pc a runtime probe's record carries (Go's `execute` and `newproc`: the second
+/// argument).
+pub fn start_pc_of(provider: &str, name: &str, args: &[u64]) -> Option<u64> {
+    (provider == "go" && matches!(name, "execute" | "newproc"))
+        .then(|| args.get(1).copied())
+        .flatten()
+        .filter(|&pc| pc != 0)
+}
+
+/// The class of a Go wait reason, by its constant's name (`waitReasonIOWait`).
+fn go_park_reason(name: Option<&String>) -> ParkReason {
+    let Some(n) = name.map(|n| n.trim_start_matches("waitReason")) else { return ParkReason::Other };
+    match n {
+        "IOWait" => ParkReason::Netpoll,
+        "Sleep" | "TimerGoroutineIdle" | "SleepSynctest" => ParkReason::Timer,
+        _ if n.starts_with("Chan") || n.starts_with("Select") => ParkReason::Channel,
+        _ => ParkReason::Other,
+    }
 }
 
 /// A task is identified by its process and the runtime's task id.
@@ -206,6 +261,8 @@ pub struct TaskStats {
     pub start_pc: Option<u64>,
     /// That function's name, from the trace's tables.
     pub name: Option<String>,
+    /// Time parked by the runtime's wait reason, by name (from the trace's tables).
+    pub parked_by_wait_name: BTreeMap<String, u64>,
     pub first_ts: u64,
     pub exited: bool,
     /// Running, with its thread on a CPU.
@@ -222,6 +279,9 @@ pub struct TaskStats {
     pub queue_ns: u64,
     /// Parked, by reason.
     pub parked_ns: HashMap<ParkReason, u64>,
+    /// Parked, by the runtime's own wait reason (Go's `waitReason` values; named by the trace's
+    /// Go table).
+    pub parked_by_wait: std::collections::BTreeMap<u8, u64>,
     /// Queue waits (ready → run), in order.
     #[serde(skip)]
     pub queue_latencies_ns: Vec<u64>,
@@ -280,7 +340,7 @@ enum TaskState {
     Unknown,
     Runnable { since: u64, queue: Queue },
     Running { tid: u32, since: u64 },
-    Parked { since: u64, reason: ParkReason, fd: Option<u64> },
+    Parked { since: u64, reason: ParkReason, fd: Option<u64>, wait: Option<u8> },
     Exited,
 }
 
@@ -417,6 +477,15 @@ impl TaskTracker {
     /// `ts`. The thread's segment must have been flushed up to `ts`.
     pub fn apply(&mut self, ts: u64, pid: u32, tid: u32, task: u64, t: Transition) {
         let key = (pid, task);
+        // A parked task that runs was made runnable by something the probes do not see (Go's
+        // netpoller hands its goroutines straight to the run queues): a ready at the same
+        // moment, by the netpoller for a netpoll park.
+        if let Transition::Run { .. } = t
+            && let Some(TaskState::Parked { reason, .. }) = self.tasks.get(&key).map(|e| e.state)
+        {
+            let waker = if reason == ParkReason::Netpoll { Waker::Netpoller } else { Waker::Other };
+            self.apply(ts, pid, tid, task, Transition::Ready { waker, queue: Queue::Unknown });
+        }
         let (record, window) = (self.record_timelines, self.window);
         let counted = window.contains(ts);
         let entry = self.tasks.entry(key).or_insert_with(|| Task::new(key, ts, record, window));
@@ -444,8 +513,11 @@ impl TaskTracker {
             }
             Transition::Ready { waker, queue } => {
                 match entry.state {
-                    TaskState::Parked { since, reason, .. } => {
+                    TaskState::Parked { since, reason, wait, .. } => {
                         *entry.stats.parked_ns.entry(reason).or_default() += window.clip(since, ts);
+                        if let Some(w) = wait {
+                            *entry.stats.parked_by_wait.entry(w).or_default() += window.clip(since, ts);
+                        }
                         if reason == ParkReason::Netpoll {
                             let on = entry.last_tid.unwrap_or(tid);
                             completed[1] = entry.sample(Metric::Netpoll, ts, ts.saturating_sub(since), on);
@@ -505,7 +577,7 @@ impl TaskTracker {
                     }
                 }
             }
-            Transition::Park { reason, fd } => {
+            Transition::Park { reason, fd, wait } => {
                 // A yield leaves the task runnable (Go's Gosched queues it): its wait counts as
                 // queue time, and the runtime's ready that follows changes nothing but the
                 // queue it names.
@@ -513,7 +585,7 @@ impl TaskTracker {
                     entry.stats.yields += counted as u64;
                     TaskState::Runnable { since: ts, queue: Queue::Unknown }
                 } else {
-                    TaskState::Parked { since: ts, reason, fd }
+                    TaskState::Parked { since: ts, reason, fd, wait }
                 };
                 let ran_on = entry.running_on();
                 completed[0] = entry.set_state(ts, next);
@@ -579,6 +651,13 @@ impl TaskTracker {
         self.emit(cut);
     }
 
+    /// Notes the function task `key` started with (when it is known).
+    pub fn note_start_pc(&mut self, key: TaskKey, pc: u64) {
+        if let Some(t) = self.tasks.get_mut(&key) {
+            t.stats.start_pc = Some(pc);
+        }
+    }
+
     /// Task `key` stopped running (a park or an exit fired on `tid`); `ran_on`: the thread the
     /// model had it running on.
     fn stop_running(&mut self, key: TaskKey, tid: u32, ran_on: Option<u32>) {
@@ -621,8 +700,11 @@ impl TaskTracker {
                 let w = t.window;
                 match t.state {
                     TaskState::Runnable { since, .. } => t.stats.queue_ns += w.clip(since, end),
-                    TaskState::Parked { since, reason, .. } => {
-                        *t.stats.parked_ns.entry(reason).or_default() += w.clip(since, end)
+                    TaskState::Parked { since, reason, wait, .. } => {
+                        *t.stats.parked_ns.entry(reason).or_default() += w.clip(since, end);
+                        if let Some(wait) = wait {
+                            *t.stats.parked_by_wait.entry(wait).or_default() += w.clip(since, end);
+                        }
                     }
                     TaskState::Running { .. } | TaskState::Unknown | TaskState::Exited => {}
                 }
@@ -697,7 +779,9 @@ impl Task {
             TaskState::Runnable { since, queue } => {
                 Some((since, TaskSpanState::Runnable { queue, waker: self.runnable_by }))
             }
-            TaskState::Parked { since, reason, fd } => Some((since, TaskSpanState::Parked { reason, fd })),
+            TaskState::Parked { since, reason, fd, .. } => {
+                Some((since, TaskSpanState::Parked { reason, fd }))
+            }
             TaskState::Unknown | TaskState::Exited => None,
         };
         if let Some((start, state)) = left {
@@ -743,7 +827,7 @@ mod tests {
         t.flush(10, 200, RUNNING, false);
         t.flush(10, 260, off(OffCpu::Preempted), false);
         t.flush(10, 300, RUNNING, false);
-        t.apply(300, 1, 10, 7, Transition::Park { reason: ParkReason::Netpoll, fd: Some(5) });
+        t.apply(300, 1, 10, 7, Transition::Park { reason: ParkReason::Netpoll, fd: Some(5), wait: None });
         t.apply(900, 1, 11, 7, Transition::Ready { waker: Waker::Netpoller, queue: Queue::Local(1) }); // parked 600
         t.apply(920, 1, 11, 7, Transition::Run { p: Some(0) }); // queued 20, on another thread
         t.flush(11, 1_000, RUNNING, false);
@@ -818,32 +902,66 @@ mod tests {
         assert_eq!(eight.run_intervals, vec![RunInterval { start: 160, end: 200, tid: 10 }]);
     }
 
+    const NO_NAMES: BTreeMap<u64, String> = BTreeMap::new();
+
+    #[test]
+    fn reads_the_go_scheduler_probes() {
+        let names: BTreeMap<u64, String> = [
+            (2, "waitReasonIOWait"),
+            (14, "waitReasonChanReceive"),
+            (19, "waitReasonSleep"),
+            (3, "waitReasonGCWorkerIdle"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+        let park = |reason| transition("go", "gopark", &names, &[9, reason]).map(|(_, t)| t);
+        assert_eq!(park(2), Some(Transition::Park { reason: ParkReason::Netpoll, fd: None, wait: Some(2) }));
+        assert_eq!(
+            park(14),
+            Some(Transition::Park { reason: ParkReason::Channel, fd: None, wait: Some(14) })
+        );
+        assert_eq!(park(19), Some(Transition::Park { reason: ParkReason::Timer, fd: None, wait: Some(19) }));
+        assert_eq!(park(3), Some(Transition::Park { reason: ParkReason::Other, fd: None, wait: Some(3) }));
+        assert_eq!(transition("go", "execute", &names, &[9, 0x4a0]), Some((9, Transition::Run { p: None })));
+        assert_eq!(transition("go", "execute", &names, &[0, 0]), None, "goid 0 is no goroutine");
+        // A netpoll park that runs again was readied by the netpoller, unseen.
+        let mut t = TaskTracker::default();
+        t.apply(0, 1, 10, 9, Transition::Run { p: None });
+        t.apply(10, 1, 10, 9, park(2).unwrap());
+        t.apply(50, 1, 11, 9, Transition::Run { p: None });
+        let s = &t.finish(60, |_| RUNNING)[0];
+        assert_eq!(s.parked_ns.get(&ParkReason::Netpoll), Some(&40));
+        assert_eq!((s.parked_by_wait.get(&2), s.wakers.get(&Waker::Netpoller)), (Some(&40), Some(&1)));
+        assert_eq!(s.samples.get(Metric::Netpoll), 1);
+    }
+
     #[test]
     fn reads_the_go_identity_records() {
         assert_eq!(
-            transition("go", "goroutine", &[31, 0x4a0, 2, 0, 0]),
+            transition("go", "goroutine", &NO_NAMES, &[31, 0x4a0, 2, 0, 0]),
             Some((31, Transition::Observed { start_pc: 0x4a0 }))
         );
         assert_eq!(
-            transition("go", "goroutine", &[0, 0, 0, 0, 1]),
+            transition("go", "goroutine", &NO_NAMES, &[0, 0, 0, 0, 1]),
             Some((0, Transition::Observed { start_pc: 0 }))
         );
-        assert_eq!(transition("go", "other", &[1, 2, 3, 4, 5]), None);
+        assert_eq!(transition("go", "other", &NO_NAMES, &[1, 2, 3, 4, 5]), None);
     }
 
     #[test]
     fn reads_the_reference_runtime_probes() {
         let a = [7, 3, 2, 0, 0];
         assert_eq!(
-            transition("refrt", "task_ready", &a),
+            transition("refrt", "task_ready", &NO_NAMES, &a),
             Some((7, Transition::Ready { waker: Waker::Netpoller, queue: Queue::Local(0) }))
         );
         let park = [7, 1, 9, 0, 0];
         assert_eq!(
-            transition("refrt", "task_park", &park),
-            Some((7, Transition::Park { reason: ParkReason::Netpoll, fd: Some(9) }))
+            transition("refrt", "task_park", &NO_NAMES, &park),
+            Some((7, Transition::Park { reason: ParkReason::Netpoll, fd: Some(9), wait: None }))
         );
-        assert_eq!(transition("refrt", "steal", &a), None);
-        assert_eq!(transition("other", "task_run", &a), None);
+        assert_eq!(transition("refrt", "steal", &NO_NAMES, &a), None);
+        assert_eq!(transition("other", "task_run", &NO_NAMES, &a), None);
     }
 }

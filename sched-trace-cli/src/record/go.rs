@@ -25,6 +25,11 @@ pub enum GoLevel {
     /// Which goroutine each thread runs, read at every switch-out and CPU sample (no uprobe).
     #[default]
     Identity,
+    /// The runtime's scheduler itself, with uprobes after the stack-check prologue of
+    /// `execute`, `gopark` (with the wait reason), `ready`, `goroutineReady`, `goexit0`,
+    /// `goschedImpl` and `preemptPark`, and after `newproc1` returns: every run, park, yield,
+    /// preemption, wake-up, creation and exit of a goroutine.
+    Full,
 }
 
 /// The probe-table entry of the goroutine records.
@@ -86,6 +91,20 @@ impl GoPrograms {
         probe_index: u32,
         fsbase_known: bool,
     ) -> Option<(UserProbe, GoIdentity)> {
+        self.follow_at(pid, binary, probe_index, fsbase_known, GoLevel::Identity)
+    }
+
+    /// [`Self::follow`] at `level`. At the full level nothing is returned: the scheduler's
+    /// probes ([`full_probes`]) are attached instead, and their records name the goroutines'
+    /// start functions as the identity records do (`start_pc_probes`: their indexes).
+    pub fn follow_at(
+        &mut self,
+        pid: u32,
+        binary: Arc<GoBinary>,
+        probe_index: u32,
+        fsbase_known: bool,
+        level: GoLevel,
+    ) -> Option<(UserProbe, GoIdentity)> {
         let l = &binary.layout;
         let mut info = GoProcess {
             pid,
@@ -106,6 +125,13 @@ impl GoPrograms {
             statuses: l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect(),
             wait_reasons: l.wait_reasons.clone(),
         };
+        if level == GoLevel::Full {
+            info.level = "full".into();
+            info.probe = None;
+            let bias = (!binary.position_independent).then_some(0);
+            self.followed.insert(pid, Followed { binary, bias, info });
+            return None;
+        }
         if !fsbase_known {
             info.level = "off".into();
             info.probe = None;
@@ -131,6 +157,7 @@ impl GoPrograms {
             name: GOROUTINE_PROBE.into(),
             file_offset: 0,
             args: "goid startpc status waitreason on_system_stack".into(),
+            reasons: Default::default(),
         };
         self.probes.insert(probe_index);
         let bias = (!binary.position_independent).then_some(0);
@@ -145,6 +172,11 @@ impl GoPrograms {
             _ => false,
         };
         self.followed.get(&pid).is_some_and(|f| same(Path::new(&f.binary.path), path))
+    }
+
+    /// Records of the probe `index` carry a goroutine's start pc as their second argument.
+    pub fn names_start_pcs_of(&mut self, index: u32) {
+        self.probes.insert(index);
     }
 
     /// Notes a drained record (cheap: called for every user-task record).
@@ -162,7 +194,7 @@ impl GoPrograms {
     /// Returns an error message when the layout does not fit: the caller stops following it.
     pub fn check_live(&mut self, pid: u32) -> Option<Result<(), String>> {
         let f = self.followed.get_mut(&pid)?;
-        if f.info.level != "identity" {
+        if f.info.level != "identity" && f.info.level != "full" {
             return None;
         }
         if f.bias.is_none() {
@@ -230,6 +262,38 @@ impl GoPrograms {
     pub fn pids(&self) -> Vec<u32> {
         self.followed.keys().copied().collect()
     }
+}
+
+/// The probes of the full level for `binary` (indexes to be assigned): one per scheduling point
+/// found in it, each reading the goroutine's id first (and its start pc, or the wait reason).
+pub fn full_probes(binary: &GoBinary) -> Vec<UserProbe> {
+    let l = &binary.layout;
+    let (goid, startpc) = (l.g_goid, l.g_startpc);
+    binary
+        .probe_sites
+        .iter()
+        .filter_map(|site| {
+            let args = match site.point {
+                // execute(gp, …) and the new g newproc1 returns: RAX.
+                "execute" | "newproc" => format!("8@{goid}(%rax) 8@{startpc}(%rax)"),
+                // gopark(unlockf, lock, reason, …): the parking goroutine is the current g (R14).
+                "gopark" => format!("8@{goid}(%r14) 1@%cl"),
+                "ready" | "goexit" | "gosched" | "preempt_park" => format!("8@{goid}(%rax)"),
+                // goroutineReady(arg any, …): the `any`'s data word, RBX, is the *g.
+                "goroutine_ready" => format!("8@{goid}(%rbx)"),
+                _ => return None,
+            };
+            Some(UserProbe {
+                index: 0,
+                binary: binary.path.clone(),
+                provider: PROVIDER.into(),
+                name: site.point.into(),
+                file_offset: site.file_offset,
+                args,
+                reasons: if site.point == "gopark" { l.wait_reasons.clone() } else { Default::default() },
+            })
+        })
+        .collect()
 }
 
 /// How many CPUs process `pid` may run on: the widest `Cpus_allowed_list` (`0-3,8`) of its

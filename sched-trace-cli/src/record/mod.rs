@@ -245,6 +245,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut go_programs = go::GoPrograms::default();
     let mut go_unsupported = Vec::new();
     let mut go_layouts = Vec::new();
+    // The full level's probes, in the probe table (attached with the USDT probes).
+    let mut go_probes: Option<std::ops::Range<usize>> = None;
     let go_targets = command
         .iter()
         .map(|c| (c.pid(), c.program().to_path_buf()))
@@ -255,8 +257,13 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             go::Inspected::Unsupported(info) => go_unsupported.push(info),
             go::Inspected::Go(binary) => {
                 let index = usdt.table.len() as u32;
+                if opts.go == go::GoLevel::Full {
+                    let added = usdt.push_go_probes(&binary, &mut go_programs, &mut skipped);
+                    go_probes =
+                        Some(go_probes.map_or(added.clone(), |r| r.start.min(added.start)..added.end));
+                }
                 if let Some((probe, layout)) =
-                    go_programs.follow(pid, binary, index, kernel.task.fsbase.is_some())
+                    go_programs.follow_at(pid, binary, index, kernel.task.fsbase.is_some(), opts.go)
                 {
                     usdt.push_runtime_probe(probe);
                     go_layouts.push((pid, layout));
@@ -304,6 +311,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let counters = probes.take_counters()?;
     probes.attach_all()?;
     usdt.attach(&mut probes, initial_probes)?;
+    if let Some(added) = go_probes {
+        usdt.attach(&mut probes, added)?;
+    }
     if let Some(hz) = opts.stacks.oncpu_hz {
         probes.attach_sampling(&info_cpus, hz)?;
     }
@@ -514,8 +524,10 @@ enum FileId {
 /// trace's probe table, and how the kernel reads each probe's arguments.
 struct UsdtCatalog {
     enabled: bool,
-    /// Executables already inspected.
+    /// Executables already inspected...
     seen: std::collections::HashSet<FileId>,
+    /// ...and those whose Go scheduler probes were added.
+    go_seen: std::collections::HashSet<FileId>,
     table: Vec<crate::trace::UserProbe>,
     specs: Vec<sched_trace_abi::UsdtSpec>,
     pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
@@ -526,6 +538,7 @@ impl UsdtCatalog {
         UsdtCatalog {
             enabled,
             seen: Default::default(),
+            go_seen: Default::default(),
             table: Vec::new(),
             specs: Vec::new(),
             pt_regs: kernel.pt_regs.clone(),
@@ -594,6 +607,7 @@ impl UsdtCatalog {
                             name: p.name,
                             file_offset: p.file_offset,
                             args: p.arg_string,
+                            reasons: Default::default(),
                         });
                         self.specs.push(spec);
                     }
@@ -601,6 +615,54 @@ impl UsdtCatalog {
                         eprintln!("sched-trace: warning: {label} is not attached: {why}");
                         skipped.push(format!("{label}: {why}"));
                     }
+                }
+            }
+        }
+        start..self.table.len()
+    }
+
+    /// Adds the full level's probes of Go `binary` (once per executable) and returns their
+    /// range of table indexes, to attach; a probe whose operands cannot be read is skipped
+    /// and said.
+    fn push_go_probes(
+        &mut self,
+        binary: &sched_trace_binaries::go::GoBinary,
+        go: &mut go::GoPrograms,
+        skipped: &mut Vec<String>,
+    ) -> std::ops::Range<usize> {
+        let start = self.table.len();
+        let path = PathBuf::from(&binary.path);
+        let identity = std::fs::metadata(&path)
+            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+            .map_or_else(|_| FileId::Path(path.clone()), FileId::Inode);
+        if !self.go_seen.insert(identity) {
+            return start..start;
+        }
+        for why in &binary.missing_sites {
+            eprintln!("sched-trace: warning: {}: Go probe {why}: not attached", binary.path);
+            skipped.push(format!("{}: Go probe {why}", binary.path));
+        }
+        for mut probe in go::full_probes(binary) {
+            let spec = usdt::parse_args(&probe.args).map_err(|e| e.to_string()).and_then(|args| {
+                usdt::kernel_spec(&args, |r| self.pt_regs.get(r).copied()).map_err(str::to_string)
+            });
+            match spec {
+                Ok(spec) if self.table.len() < sched_trace_abi::MAX_USDT_PROBES as usize => {
+                    probe.index = self.table.len() as u32;
+                    if matches!(probe.name.as_str(), "execute" | "newproc") {
+                        go.names_start_pcs_of(probe.index);
+                    }
+                    self.table.push(probe);
+                    self.specs.push(spec);
+                }
+                Ok(_) => skipped.push(format!(
+                    "go:{}: more than {} probes",
+                    probe.name,
+                    sched_trace_abi::MAX_USDT_PROBES
+                )),
+                Err(why) => {
+                    eprintln!("sched-trace: warning: Go probe {} is not attached: {why}", probe.name);
+                    skipped.push(format!("go:{}: {why}", probe.name));
                 }
             }
         }
@@ -901,9 +963,18 @@ impl Session {
                     self.send(SinkMsg::Go(table)).await?;
                 }
                 go::Inspected::Go(binary) => {
+                    if self.go_level == go::GoLevel::Full {
+                        let mut skipped = Vec::new();
+                        let added = usdt.push_go_probes(&binary, &mut self.drained.go, &mut skipped);
+                        let table = usdt.table[added.clone()].to_vec();
+                        self.send(SinkMsg::Probes { added: table, skipped }).await?;
+                        usdt.attach(probes, added)?;
+                    }
                     let index = usdt.table.len() as u32;
                     let fsbase = probes.fsbase_known();
-                    if let Some((probe, layout)) = self.drained.go.follow(pid, binary, index, fsbase) {
+                    if let Some((probe, layout)) =
+                        self.drained.go.follow_at(pid, binary, index, fsbase, self.go_level)
+                    {
                         usdt.push_runtime_probe(probe.clone());
                         go_probes.push(probe);
                         // The probe table first: it must precede the records of the probe.

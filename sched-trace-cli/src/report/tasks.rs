@@ -78,6 +78,9 @@ pub struct TaskReport {
     /// The function it started with (goroutines), by name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_function: Option<String>,
+    /// Time parked by the runtime's own wait reason (Go's `waitReason*`), by name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parked_by_wait_reason: std::collections::BTreeMap<String, u64>,
     pub parent: Option<u64>,
     pub exited: bool,
     pub runs: u64,
@@ -122,6 +125,8 @@ pub struct TaskSection {
     /// Tasks grouped by the function they started with (goroutines; empty otherwise), by
     /// running time: the way `go tool trace` groups goroutines.
     pub by_start_function: Vec<StartFunctionGroup>,
+    /// Time parked by the runtime's own wait reason, over all tasks, longest first.
+    pub by_wait_reason: Vec<(String, u64)>,
 }
 
 /// The tasks that started with one function.
@@ -193,6 +198,15 @@ impl TaskSection {
         by_start_function.sort_by(|a, b| {
             b.costs.running_ns.cmp(&a.costs.running_ns).then(a.start_function.cmp(&b.start_function))
         });
+        let mut waits: std::collections::BTreeMap<&str, u64> = Default::default();
+        for t in tasks {
+            for (name, ns) in &t.parked_by_wait_name {
+                *waits.entry(name).or_default() += ns;
+            }
+        }
+        let mut by_wait_reason: Vec<(String, u64)> =
+            waits.into_iter().map(|(n, ns)| (n.to_string(), ns)).collect();
+        by_wait_reason.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut processes: Vec<u32> = tasks.iter().map(|t| t.pid).collect();
         processes.sort_unstable();
         processes.dedup();
@@ -207,6 +221,7 @@ impl TaskSection {
             by_cost,
             tasks: reports,
             by_start_function,
+            by_wait_reason,
         })
     }
 }
@@ -223,6 +238,7 @@ fn task_report(t: &TaskStats) -> TaskReport {
         pid: t.pid,
         task: t.task,
         start_function: t.name.clone(),
+        parked_by_wait_reason: t.parked_by_wait_name.clone(),
         parent: t.parent,
         exited: t.exited,
         runs: t.runs,

@@ -216,6 +216,16 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
         ]);
     }
     table(out, &rows);
+    if !s.by_wait_reason.is_empty() {
+        let _ = writeln!(out, "\nTime parked by the runtime's wait reason");
+        let total: u64 = s.by_wait_reason.iter().map(|(_, ns)| ns).sum();
+        let mut rows = vec![cells(&["", "WAIT REASON", "TIME", "SHARE"])];
+        for (name, ns) in s.by_wait_reason.iter().take(limit) {
+            let name = name.strip_prefix("waitReason").unwrap_or(name);
+            rows.push(vec![String::new(), name.to_string(), duration_ns(*ns), percent(*ns, total)]);
+        }
+        table(out, &rows);
+    }
     if !s.by_start_function.is_empty() {
         let _ = writeln!(out, "\nTasks by start function{}", shown(limit, s.by_start_function.len()));
         let mut rows = vec![cells(&[
@@ -270,6 +280,12 @@ fn render_go(out: &mut String, programs: &[crate::trace::format::GoProcess]) {
         let cpus = p.cpus_allowed.map_or("unknown".to_string(), |n| n.to_string());
         let _ = writeln!(out, "  GOMAXPROCS {procs}, CPUs it may use {cpus}");
         match (p.level.as_str(), &p.problem) {
+            ("full", _) => {
+                let _ = writeln!(
+                    out,
+                    "  goroutines: the runtime's scheduler probed (full level: runs, parks with wait reasons, wake-ups, creations, exits)"
+                );
+            }
             ("identity", _) => {
                 let from =
                     if p.layout_source == "dwarf" { "its DWARF" } else { "the table for its Go version" };

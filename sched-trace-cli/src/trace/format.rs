@@ -157,6 +157,9 @@ pub struct UserProbe {
     pub file_offset: u64,
     /// The probe's operands, as its note wrote them.
     pub args: String,
+    /// Names of the values of the probe's reason argument (Go's wait reasons for `go:gopark`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reasons: std::collections::BTreeMap<u64, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -171,6 +171,7 @@ pub fn refrt_probe(index: u32, name: &str) -> super::UserProbe {
         name: name.into(),
         file_offset: 0x1000 + index as u64,
         args: String::new(),
+        reasons: Default::default(),
     }
 }
 

@@ -50,15 +50,18 @@ pub fn go_overhead(root: &Path, go: &Path, runs: usize, seconds: u32) -> Result<
         "sched-trace record --go off (threads only)",
         "sched-trace record (identity level, the default)",
         "Go runtime/trace",
+        "sched-trace record --go full (scheduler uprobes)",
     ];
-    let mut sizes = [0u64; 4];
+    let mut sizes = [0u64; 5];
     let samples = interleaved(labels.len(), runs, |i| {
         let mut cmd = match i {
-            1 | 2 => {
+            1 | 2 | 4 => {
                 let mut c = Command::new(&sched_trace);
                 c.args(["record", "--quiet", "-o"]).arg(&trace);
-                if i == 1 {
-                    c.args(["--go", "off"]);
+                match i {
+                    1 => drop(c.args(["--go", "off"])),
+                    4 => drop(c.args(["--go", "full"])),
+                    _ => {}
                 }
                 c.arg("--").arg(&exe);
                 c
