@@ -81,6 +81,9 @@ pub struct GoLayout {
     pub statuses: BTreeMap<String, u64>,
     /// `runtime.waitReason*` by value (`14` → `waitReasonChanReceive`).
     pub wait_reasons: BTreeMap<u64, String>,
+    /// `runtime.stw*` stop-the-world reasons by value (`stwGCMarkTerm`).
+    #[serde(default)]
+    pub stw_reasons: BTreeMap<u64, String>,
 }
 
 /// Where one field's offset goes in a [`GoLayout`].
@@ -113,7 +116,7 @@ pub enum LayoutSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoProbeSite {
     /// What the point is: `execute`, `gopark`, `ready`, `goroutine_ready`, `goexit`, `gosched`,
-    /// `preempt_park`, `newproc`.
+    /// `preempt_park`, `stw_stop`, `stw_start`, `newproc`.
     pub point: &'static str,
     /// The function it is in, and the address and file offset of the instruction probed.
     pub function: String,
@@ -122,7 +125,7 @@ pub struct GoProbeSite {
 }
 
 /// The runtime functions probed at entry (after their stack-check prologue), by point.
-const ENTRY_POINTS: [(&str, &str); 7] = [
+const ENTRY_POINTS: [(&str, &str); 9] = [
     ("execute", "runtime.execute"),
     ("gopark", "runtime.gopark"),
     ("ready", "runtime.ready"),
@@ -132,6 +135,9 @@ const ENTRY_POINTS: [(&str, &str); 7] = [
     ("gosched", "runtime.goschedImpl"),
     // ...or stopped by a preemption request until the suspender lets it go (it is readied).
     ("preempt_park", "runtime.preemptPark"),
+    // Stop-the-world, with its reason, and the restart.
+    ("stw_stop", "runtime.stopTheWorldWithSema"),
+    ("stw_start", "runtime.startTheWorldWithSema"),
 ];
 
 /// One function of the binary: entry address (link-time virtual address) and name.
@@ -324,6 +330,7 @@ pub fn dwarf_layout(name: &str, elf: &object::File) -> Result<Option<GoLayout>, 
     let mut members: BTreeMap<(String, String), u32> = BTreeMap::new();
     let mut statuses = BTreeMap::new();
     let mut wait_reasons = BTreeMap::new();
+    let mut stw_reasons = BTreeMap::new();
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(gerr)? {
         let unit = dwarf.unit(header).map_err(gerr)?;
@@ -378,6 +385,10 @@ pub fn dwarf_layout(name: &str, elf: &object::File) -> Result<Option<GoLayout>, 
                         && !r.is_empty()
                     {
                         wait_reasons.insert(value, format!("waitReason{r}"));
+                    } else if let Some(r) = name.strip_prefix("runtime.stw")
+                        && r.starts_with(|c: char| c.is_ascii_uppercase())
+                    {
+                        stw_reasons.insert(value, format!("stw{r}"));
                     }
                 }
                 _ => {}
@@ -396,6 +407,7 @@ pub fn dwarf_layout(name: &str, elf: &object::File) -> Result<Option<GoLayout>, 
         polldesc_wg: 0,
         statuses,
         wait_reasons,
+        stw_reasons,
     };
     for (s, m, slot) in FIELDS {
         *slot(&mut layout) = *members
@@ -569,20 +581,29 @@ pub fn fs_displacement(code: &[u8]) -> Option<i64> {
 }
 
 /// Where a uprobe on the Go function at `entry` goes: past the stack-check prologue
-/// (`cmp 0x10(%r14),%rsp` then `jbe`), at the `push %rbp` that follows. A probe on the first
-/// instruction would be single-stepped out of line at every hit (8–13 µs here against ~0.6 µs).
-/// `None` when the function does not start that way (it is not probed).
+/// (`cmp 0x10(%r14),%rsp`, or for a large frame `lea -N(%rsp),%r12; cmp 0x10|0x18(%r14),%r12`,
+/// then `jbe`), at the `push %rbp` that follows. A probe on the first instruction would be
+/// single-stepped out of line at every hit (8–13 µs here against ~0.6 µs). `None` when the
+/// function does not start that way (it is not probed).
 pub fn after_prologue(code: &[u8]) -> Option<u64> {
-    let cmp = code.get(..4)?;
-    if !((cmp[0] == 0x49 || cmp[0] == 0x4d) && cmp[1] == 0x3b && cmp[2] == 0x66 && cmp[3] == 0x10) {
+    // lea disp8(%rsp),%r12 | lea disp32(%rsp),%r12
+    let lea = match code.get(..3)? {
+        [0x4c, 0x8d, 0x64] if code.get(3) == Some(&0x24) => 5,
+        [0x4c, 0x8d, 0xa4] if code.get(3) == Some(&0x24) => 8,
+        _ => 0,
+    };
+    let cmp = code.get(lea..lea + 4)?;
+    let guard = cmp[3] == 0x10 || cmp[3] == 0x18;
+    if !((cmp[0] == 0x49 || cmp[0] == 0x4d) && cmp[1] == 0x3b && cmp[2] == 0x66 && guard) {
         return None;
     }
-    let jump = match code.get(4..6)? {
+    let at = lea + 4;
+    let jump = match code.get(at..at + 2)? {
         [0x0f, 0x86] => 6,
         [0x76, _] => 2,
         _ => return None,
     };
-    (code.get(4 + jump) == Some(&0x55)).then_some(4 + jump as u64)
+    (code.get(at + jump) == Some(&0x55)).then_some((at + jump) as u64)
 }
 
 #[cfg(test)]
@@ -622,6 +643,10 @@ mod tests {
         let short = [0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55];
         assert_eq!(after_prologue(&short), Some(6));
         assert_eq!(after_prologue(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x48]), None);
+        // A large frame: lea -0x18(%rsp),%r12 ; cmp 0x18(%r14),%r12 ; jbe rel32 ; push %rbp
+        let large =
+            [0x4c, 0x8d, 0x64, 0x24, 0xe8, 0x4d, 0x3b, 0x66, 0x18, 0x0f, 0x86, 0x0e, 0x04, 0, 0, 0x55];
+        assert_eq!(after_prologue(&large), Some(15));
         assert_eq!(after_prologue(&[0x55, 0x48, 0x89, 0xe5]), None);
         assert_eq!(after_prologue(&[0x49, 0x3b]), None);
     }

@@ -362,6 +362,15 @@ fn the_full_level_sees_every_creation_exit_and_wait_reason() {
         for r in ["waitReasonIOWait", "waitReasonSleep", "waitReasonChanReceive"] {
             assert!(reasons.contains(&r), "Go {version}: no park for {r} in {reasons:?}");
         }
+        // Stop-the-world pauses: a sweep and a mark termination per GC the program counted
+        // (runtime.ReadMemStats NumGC), and the ReadMemStats that read it.
+        let stw = report["go"][0]["stw_by_reason"].as_array().unwrap();
+        let pauses =
+            |reason: &str| stw.iter().find(|r| r[0] == reason).map_or(0, |r| r[1]["count"].as_u64().unwrap());
+        let gcs = me["num_gc"].as_u64().unwrap();
+        assert!(gcs >= 2, "{me}");
+        assert_eq!((pauses("stwGCSweepTerm"), pauses("stwGCMarkTerm")), (gcs, gcs), "Go {version}: {stw:?}");
+        assert!(pauses("stwReadMemStats") >= 1, "Go {version}: {stw:?}");
         // The echo clients park in the netpoller and the netpoller readies them.
         let tasks = report["tasks"]["tasks"].as_array().unwrap();
         let clients: Vec<&Value> =

@@ -1,6 +1,7 @@
 //! Correlation: rebuilds, from a trace file alone, what happened to every thread (and, with the
 //! runtime probes, every user task) and folds it into statistics.
 
+pub mod pauses;
 pub mod samples;
 pub mod tasks;
 pub mod threads;
@@ -28,6 +29,8 @@ pub struct Correlation {
     pub user_probe_hits: std::collections::BTreeMap<u32, u64>,
     /// Runtime transitions that contradicted the ones before them.
     pub task_anomalies: TaskAnomalies,
+    /// Stop-the-world pauses of the traced runtimes (Go's full level).
+    pub pauses: Vec<pauses::RuntimePause>,
     /// First and last event timestamps.
     pub first_ts: u64,
     pub last_ts: u64,
@@ -83,6 +86,7 @@ pub fn scope_of(info: &TraceInfo) -> Scope {
 pub struct Correlator {
     pub threads: ThreadTracker,
     pub tasks: TaskTracker,
+    pub pauses: pauses::PauseTracker,
     pub user_probe_hits: std::collections::BTreeMap<u32, u64>,
 }
 
@@ -91,6 +95,7 @@ impl Correlator {
         Correlator {
             threads: ThreadTracker::new(scope),
             tasks: TaskTracker::default(),
+            pauses: Default::default(),
             user_probe_hits: Default::default(),
         }
     }
@@ -102,7 +107,12 @@ impl Correlator {
 
     /// Counts only what happened inside `w`.
     pub fn with_window(self, w: Window) -> Self {
-        Correlator { threads: self.threads.with_window(w), tasks: self.tasks.with_window(w), ..self }
+        Correlator {
+            threads: self.threads.with_window(w),
+            tasks: self.tasks.with_window(w),
+            pauses: pauses::PauseTracker::with_window(w),
+            ..self
+        }
     }
 
     /// Also keep every completed sample until [`Self::take_samples`].
@@ -163,8 +173,11 @@ impl Correlator {
             }
         }
         self.threads.event(e);
-        if let EventKind::UserTask { probe: index, .. } = e.kind {
+        if let EventKind::UserTask { probe: index, args, .. } = e.kind {
             *self.user_probe_hits.entry(index).or_default() += 1;
+            if let Some(p) = probe {
+                self.pauses.probe(&p.provider, &p.name, &p.reasons, &args, e.ts, e.pid);
+            }
             if let Some((task, t)) = transition
                 && !matches!(t, Transition::Observed { .. })
             {
@@ -190,6 +203,7 @@ impl Correlator {
             threads,
             cpus,
             tasks,
+            pauses: self.pauses.finish(),
             user_probe_hits: self.user_probe_hits,
             task_anomalies,
             on_cpu_in_tasks,
@@ -202,6 +216,7 @@ pub struct Finished {
     pub threads: Vec<ThreadStats>,
     pub cpus: Vec<CpuStats>,
     pub tasks: Vec<TaskStats>,
+    pub pauses: Vec<pauses::RuntimePause>,
     pub user_probe_hits: std::collections::BTreeMap<u32, u64>,
     pub task_anomalies: TaskAnomalies,
     /// Per thread, its on-CPU time while it ran a user task.
@@ -282,7 +297,8 @@ pub fn correlate_with<R: std::io::Read>(
     let info = reader.info().clone();
     let tables = reader.into_tables()?;
     let last_ts = tables.last_ts;
-    let Finished { threads, cpus, mut tasks, user_probe_hits, task_anomalies, .. } = c.finish(last_ts);
+    let Finished { threads, cpus, mut tasks, pauses, user_probe_hits, task_anomalies, .. } =
+        c.finish(last_ts);
     name_tasks(&mut tasks, &tables);
     Ok(Correlation {
         threads,
@@ -290,6 +306,7 @@ pub fn correlate_with<R: std::io::Read>(
         tasks,
         user_probe_hits,
         task_anomalies,
+        pauses,
         first_ts: first_ts.unwrap_or(info.start_ns),
         last_ts,
         info,

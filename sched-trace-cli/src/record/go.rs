@@ -281,6 +281,9 @@ pub fn full_probes(binary: &GoBinary) -> Vec<UserProbe> {
                 "ready" | "goexit" | "gosched" | "preempt_park" => format!("8@{goid}(%rax)"),
                 // goroutineReady(arg any, …): the `any`'s data word, RBX, is the *g.
                 "goroutine_ready" => format!("8@{goid}(%rbx)"),
+                // stopTheWorldWithSema(reason stwReason): AL.
+                "stw_stop" => "1@%al".to_string(),
+                "stw_start" => String::new(),
                 _ => return None,
             };
             Some(UserProbe {
@@ -290,7 +293,11 @@ pub fn full_probes(binary: &GoBinary) -> Vec<UserProbe> {
                 name: site.point.into(),
                 file_offset: site.file_offset,
                 args,
-                reasons: if site.point == "gopark" { l.wait_reasons.clone() } else { Default::default() },
+                reasons: match site.point {
+                    "gopark" => l.wait_reasons.clone(),
+                    "stw_stop" => l.stw_reasons.clone(),
+                    _ => Default::default(),
+                },
             })
         })
         .collect()

@@ -31,7 +31,7 @@ pub struct Report {
     pub user_probes: Vec<UserProbeReport>,
     /// Go programs that were traced, and how their goroutines were followed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub go: Vec<crate::trace::format::GoProcess>,
+    pub go: Vec<GoReport>,
     /// User-level tasks joined with their threads' scheduling (when the trace has runtime probes).
     pub tasks: Option<TaskSection>,
     /// What CFS did on each CPU (to the traced threads).
@@ -42,6 +42,35 @@ pub struct Report {
     /// The filters this report was built with (its threads, processes and tasks are those
     /// they select; the trace summary and the loss counts are the whole trace's).
     pub filter: Filter,
+}
+
+/// A traced Go program: what the recorder found, and its stop-the-world pauses.
+#[derive(Debug, Serialize)]
+pub struct GoReport {
+    #[serde(flatten)]
+    pub process: crate::trace::format::GoProcess,
+    /// Its stop-the-world pauses (full level), all of them and by reason (largest total first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stw: Option<Durations>,
+    pub stw_by_reason: Vec<(String, Durations)>,
+}
+
+impl GoReport {
+    fn build(
+        p: &crate::trace::format::GoProcess,
+        pauses: &[crate::correlate::pauses::RuntimePause],
+    ) -> GoReport {
+        let mine: Vec<_> = pauses.iter().filter(|q| q.pid == p.pid).collect();
+        let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for q in &mine {
+            by.entry(q.reason.as_str()).or_default().push(q.end.saturating_sub(q.start));
+        }
+        let mut stw_by_reason: Vec<(String, Durations)> =
+            by.into_iter().map(|(r, v)| (r.to_string(), Durations::of(v))).collect();
+        stw_by_reason.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(&b.0)));
+        let all = Durations::of(mine.iter().map(|q| q.end.saturating_sub(q.start)).collect());
+        GoReport { process: p.clone(), stw: (all.count > 0).then_some(all), stw_by_reason }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -389,7 +418,7 @@ impl Report {
                 .go_processes
                 .iter()
                 .filter(|p| filter.pid.is_none_or(|pid| pid == p.pid))
-                .cloned()
+                .map(|p| GoReport::build(p, &c.pauses))
                 .collect(),
             tasks: TaskSection::build(&tasks),
             samples,

@@ -269,8 +269,9 @@ fn reason(r: ParkReason) -> &'static str {
     }
 }
 
-fn render_go(out: &mut String, programs: &[crate::trace::format::GoProcess]) {
-    for p in programs {
+fn render_go(out: &mut String, programs: &[super::GoReport]) {
+    for r in programs {
+        let p = &r.process;
         let _ = writeln!(
             out,
             "\nGo program: PID {} {} ({}, module {})",
@@ -300,6 +301,29 @@ fn render_go(out: &mut String, programs: &[crate::trace::format::GoProcess]) {
             _ => {
                 let _ = writeln!(out, "  goroutines: not followed");
             }
+        }
+        if let Some(d) = &r.stw {
+            let _ = writeln!(
+                out,
+                "  stop-the-world: {} pauses, {} in all; p50 {}, p99 {}, max {}",
+                count(d.count),
+                duration_ns(d.total_ns),
+                duration_ns(d.p50_ns),
+                duration_ns(d.p99_ns),
+                duration_ns(d.max_ns)
+            );
+            let mut rows = vec![cells(&["", "REASON", "PAUSES", "TOTAL", "p50", "MAX"])];
+            for (reason, d) in &r.stw_by_reason {
+                rows.push(vec![
+                    String::new(),
+                    reason.strip_prefix("stw").unwrap_or(reason).to_string(),
+                    count(d.count),
+                    duration_ns(d.total_ns),
+                    duration_ns(d.p50_ns),
+                    duration_ns(d.max_ns),
+                ]);
+            }
+            table(out, &rows);
         }
     }
 }
