@@ -125,12 +125,14 @@ pub struct GoProbeSite {
 }
 
 /// The runtime functions probed at entry (after their stack-check prologue), by point.
-const ENTRY_POINTS: [(&str, &str); 9] = [
+const ENTRY_POINTS: [(&str, &str); 10] = [
     ("execute", "runtime.execute"),
     ("gopark", "runtime.gopark"),
     ("ready", "runtime.ready"),
     ("goroutine_ready", "runtime.goroutineReady"),
     ("goexit", "runtime.goexit0"),
+    // The netpoller found an fd ready: the goroutines parked on it become runnable.
+    ("netpollready", "runtime.netpollready"),
     // Taken off its thread without parking: Gosched or a preemption (it stays runnable)...
     ("gosched", "runtime.goschedImpl"),
     // ...or stopped by a preemption request until the suspender lets it go (it is readied).

@@ -315,7 +315,9 @@ pub struct UsdtArg {
     pub size: i32,
     /// Offset of the register in the kernel's `struct pt_regs` (from its BTF).
     pub reg_off: u32,
-    pub _pad: u32,
+    /// For [`usdt_arg::REG_DEREF_CHAIN`]: the displacements of the further loads, in order
+    /// ([`usdt_arg::CHAIN_END`] for none).
+    pub then: [u16; 2],
     /// The constant, or the displacement added to the register for a memory operand.
     pub value: i64,
 }
@@ -326,6 +328,12 @@ pub mod usdt_arg {
     pub const CONST: u32 = 1;
     pub const REG: u32 = 2;
     pub const REG_DEREF: u32 = 3;
+    /// A pointer chase the runtime adapters use (not a SystemTap form): load the pointer at
+    /// register + `value`, then for each displacement of `then` the pointer at that plus it; the
+    /// last load has the argument's size (`g.m.curg.goid` from the current `g`).
+    pub const REG_DEREF_CHAIN: u32 = 4;
+    /// The end of a [`super::UsdtArg::then`] chain.
+    pub const CHAIN_END: u16 = u16::MAX;
 }
 
 /// How to read the arguments of one USDT probe.

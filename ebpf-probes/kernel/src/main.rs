@@ -873,11 +873,29 @@ pub fn usdt(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Follows a chain of at most two further pointers from `addr` (see `usdt_arg::REG_DEREF_CHAIN`):
+/// the address of the chain's last load, 0 when a pointer on the way is null or unreadable.
+#[inline(always)]
+fn chase(addr: u64, then: [u16; 2]) -> u64 {
+    let mut addr = addr;
+    for d in then {
+        if d == usdt_arg::CHAIN_END {
+            break;
+        }
+        let p: u64 = user(addr);
+        if p == 0 {
+            return 0;
+        }
+        addr = p.wrapping_add(d as u64);
+    }
+    addr
+}
+
 #[inline(always)]
 fn usdt_arg(ctx: &ProbeContext, a: &UsdtArg) -> u64 {
     let raw: u64 = match a.kind {
         usdt_arg::CONST => return a.value as u64,
-        usdt_arg::REG | usdt_arg::REG_DEREF => {
+        usdt_arg::REG | usdt_arg::REG_DEREF | usdt_arg::REG_DEREF_CHAIN => {
             // ctx is the probed task's struct pt_regs; reg_off comes from the kernel's BTF.
             let reg = unsafe {
                 bpf_probe_read_kernel((ctx.as_ptr() as *const u8).wrapping_add(a.reg_off as usize) as *const u64)
@@ -887,6 +905,7 @@ fn usdt_arg(ctx: &ProbeContext, a: &UsdtArg) -> u64 {
                 reg
             } else {
                 let addr = reg.wrapping_add(a.value as u64);
+                let addr = if a.kind == usdt_arg::REG_DEREF_CHAIN { chase(addr, a.then) } else { addr };
                 unsafe {
                     match a.size.unsigned_abs() {
                         1 => bpf_probe_read_user(addr as *const u8).map(|v| v as u64),

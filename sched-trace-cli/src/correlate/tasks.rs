@@ -152,16 +152,36 @@ pub fn transition(
 /// the full level, each with the goroutine's id first.
 fn go_transition(name: &str, reasons: &BTreeMap<u64, String>, args: &[u64]) -> Option<(u64, Transition)> {
     let arg = |i: usize| args.get(i).copied().unwrap_or(0);
-    let goid = arg(0);
-    let t = match name {
+    match name {
         "goroutine" => {
             use sched_trace_abi::go_identity_arg as a;
             return Some((arg(a::GOID), Transition::Observed { start_pc: arg(a::STARTPC) }));
         }
-        _ if goid == 0 => return None,
+        // The goroutines parked on the fd for reading and for writing, and the mode ('r', 'w'
+        // or both, 'r' + 'w'): the reader first.
+        "netpollready" => {
+            let (r, w, mode) = (arg(0), arg(1), arg(2));
+            let g = if mode != u64::from(b'w') && r != 0 { r } else { w };
+            let ready = Transition::Ready { waker: Waker::Netpoller, queue: Queue::Unknown };
+            return (g != 0).then_some((g, ready));
+        }
+        _ => {}
+    }
+    let goid = arg(0);
+    if goid == 0 {
+        return None;
+    }
+    let t = match name {
         "execute" => Transition::Run { p: None },
         "newproc" => Transition::Spawn { parent: None, queue: Queue::Unknown },
-        "ready" => Transition::Ready { waker: Waker::Other, queue: Queue::Unknown },
+        // The waker is the goroutine its thread ran (none: a timer, the scheduler itself).
+        "ready" => {
+            let waker = match arg(1) {
+                w if w != 0 && w != goid => Waker::Task(w),
+                _ => Waker::Other,
+            };
+            Transition::Ready { waker, queue: Queue::Unknown }
+        }
         "goroutine_ready" => Transition::Ready { waker: Waker::Timer, queue: Queue::Unknown },
         "goexit" => Transition::Exit,
         // Still runnable: back in a run queue.
@@ -925,6 +945,15 @@ mod tests {
         assert_eq!(park(3), Some(Transition::Park { reason: ParkReason::Other, fd: None, wait: Some(3) }));
         assert_eq!(transition("go", "execute", &names, &[9, 0x4a0]), Some((9, Transition::Run { p: None })));
         assert_eq!(transition("go", "execute", &names, &[0, 0]), None, "goid 0 is no goroutine");
+        let ready = |args: &[u64]| transition("go", "ready", &names, args).map(|(_, t)| t);
+        assert_eq!(ready(&[9, 4]), Some(Transition::Ready { waker: Waker::Task(4), queue: Queue::Unknown }));
+        assert_eq!(ready(&[9, 0]), Some(Transition::Ready { waker: Waker::Other, queue: Queue::Unknown }));
+        let np = |args: &[u64]| transition("go", "netpollready", &names, args).map(|(g, _)| g);
+        assert_eq!(
+            (np(&[5, 6, b'r' as u64]), np(&[5, 6, b'w' as u64]), np(&[0, 6, 233])),
+            (Some(5), Some(6), Some(6))
+        );
+        assert_eq!(np(&[0, 0, b'r' as u64]), None);
         // A netpoll park that runs again was readied by the netpoller, unseen.
         let mut t = TaskTracker::default();
         t.apply(0, 1, 10, 9, Transition::Run { p: None });

@@ -264,9 +264,51 @@ impl GoPrograms {
     }
 }
 
-/// The probes of the full level for `binary` (indexes to be assigned): one per scheduling point
-/// found in it, each reading the goroutine's id first (and its start pc, or the wait reason).
-pub fn full_probes(binary: &GoBinary) -> Vec<UserProbe> {
+/// One argument of a full-level probe: register `reg` (a `pt_regs` field), then a load at each
+/// displacement of `loads` in turn (none: the register itself), the last one `size` bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoArg {
+    pub reg: &'static str,
+    pub loads: Vec<u32>,
+    pub size: i32,
+}
+
+impl GoArg {
+    fn new(reg: &'static str, loads: &[u32], size: i32) -> GoArg {
+        GoArg { reg, loads: loads.to_vec(), size }
+    }
+
+    /// As the probe table shows it: `*(*(%r14+48)+184)`.
+    fn describe(&self) -> String {
+        self.loads.iter().fold(format!("%{}", self.reg), |acc, d| format!("*({acc}+{d})"))
+    }
+
+    /// How the kernel reads it, with `offset_of` a `pt_regs` field's offset.
+    pub fn kernel_arg(&self, offset_of: impl Fn(&str) -> Option<u32>) -> Option<sched_trace_abi::UsdtArg> {
+        use sched_trace_abi::usdt_arg;
+        let reg_off = offset_of(self.reg)?;
+        let mut a = sched_trace_abi::UsdtArg { size: self.size, reg_off, ..Default::default() };
+        let d16 = |d: u32| u16::try_from(d).ok().filter(|&d| d != usdt_arg::CHAIN_END);
+        match self.loads.as_slice() {
+            [] => a.kind = usdt_arg::REG,
+            [d] => (a.kind, a.value) = (usdt_arg::REG_DEREF, i64::from(*d)),
+            [d, rest @ ..] if rest.len() <= 2 => {
+                a.kind = usdt_arg::REG_DEREF_CHAIN;
+                a.value = i64::from(*d);
+                a.then = [usdt_arg::CHAIN_END; 2];
+                for (slot, d) in a.then.iter_mut().zip(rest) {
+                    *slot = d16(*d)?;
+                }
+            }
+            _ => return None,
+        }
+        Some(a)
+    }
+}
+
+/// The probes of the full level for `binary` (indexes to be assigned), with how each reads its
+/// arguments: one per scheduling point found in it, the goroutine's id first.
+pub fn full_probes(binary: &GoBinary) -> Vec<(UserProbe, Vec<GoArg>)> {
     let l = &binary.layout;
     let (goid, startpc) = (l.g_goid, l.g_startpc);
     binary
@@ -275,30 +317,40 @@ pub fn full_probes(binary: &GoBinary) -> Vec<UserProbe> {
         .filter_map(|site| {
             let args = match site.point {
                 // execute(gp, …) and the new g newproc1 returns: RAX.
-                "execute" | "newproc" => format!("8@{goid}(%rax) 8@{startpc}(%rax)"),
+                "execute" | "newproc" => vec![GoArg::new("ax", &[goid], 8), GoArg::new("ax", &[startpc], 8)],
                 // gopark(unlockf, lock, reason, …): the parking goroutine is the current g (R14).
-                "gopark" => format!("8@{goid}(%r14) 1@%cl"),
-                "ready" | "goexit" | "gosched" | "preempt_park" => format!("8@{goid}(%rax)"),
+                "gopark" => vec![GoArg::new("r14", &[goid], 8), GoArg::new("cx", &[], 1)],
+                // ready(gp, …) runs on the system stack: the waker is g0.m.curg.
+                "ready" => vec![GoArg::new("ax", &[goid], 8), GoArg::new("r14", &[l.g_m, l.m_curg, goid], 8)],
+                "goexit" | "gosched" | "preempt_park" => vec![GoArg::new("ax", &[goid], 8)],
                 // goroutineReady(arg any, …): the `any`'s data word, RBX, is the *g.
-                "goroutine_ready" => format!("8@{goid}(%rbx)"),
+                "goroutine_ready" => vec![GoArg::new("bx", &[goid], 8)],
+                // netpollready(toRun, pd, mode): the goroutines parked on pd for reading and
+                // for writing (pd.rg / pd.wg hold a *g while one waits), and the mode.
+                "netpollready" => vec![
+                    GoArg::new("bx", &[l.polldesc_rg, goid], 8),
+                    GoArg::new("bx", &[l.polldesc_wg, goid], 8),
+                    GoArg::new("cx", &[], 4),
+                ],
                 // stopTheWorldWithSema(reason stwReason): AL.
-                "stw_stop" => "1@%al".to_string(),
-                "stw_start" => String::new(),
+                "stw_stop" => vec![GoArg::new("ax", &[], 1)],
+                "stw_start" => Vec::new(),
                 _ => return None,
             };
-            Some(UserProbe {
+            let probe = UserProbe {
                 index: 0,
                 binary: binary.path.clone(),
                 provider: PROVIDER.into(),
                 name: site.point.into(),
                 file_offset: site.file_offset,
-                args,
+                args: args.iter().map(GoArg::describe).collect::<Vec<_>>().join(" "),
                 reasons: match site.point {
                     "gopark" => l.wait_reasons.clone(),
                     "stw_stop" => l.stw_reasons.clone(),
                     _ => Default::default(),
                 },
-            })
+            };
+            Some((probe, args))
         })
         .collect()
 }

@@ -642,10 +642,13 @@ impl UsdtCatalog {
             eprintln!("sched-trace: warning: {}: Go probe {why}: not attached", binary.path);
             skipped.push(format!("{}: Go probe {why}", binary.path));
         }
-        for mut probe in go::full_probes(binary) {
-            let spec = usdt::parse_args(&probe.args).map_err(|e| e.to_string()).and_then(|args| {
-                usdt::kernel_spec(&args, |r| self.pt_regs.get(r).copied()).map_err(str::to_string)
+        for (mut probe, args) in go::full_probes(binary) {
+            let mut spec = sched_trace_abi::UsdtSpec { nargs: args.len() as u32, ..Default::default() };
+            let read = args.iter().zip(spec.args.iter_mut()).try_for_each(|(a, slot)| {
+                *slot = a.kernel_arg(|r| self.pt_regs.get(r).copied()).ok_or("an argument it cannot read")?;
+                Ok::<_, &str>(())
             });
+            let spec = read.map(|()| spec).map_err(str::to_string);
             match spec {
                 Ok(spec) if self.table.len() < sched_trace_abi::MAX_USDT_PROBES as usize => {
                     probe.index = self.table.len() as u32;
