@@ -14,6 +14,7 @@
 
 pub mod elf_notes;
 pub mod elf_symbols;
+pub mod go_binary;
 pub mod regressions;
 pub mod rng;
 pub mod trace_input;
@@ -50,7 +51,12 @@ pub trait Target: Sync {
 
 /// Every target of the harness, by name.
 pub fn targets() -> Vec<Box<dyn Target>> {
-    vec![Box::new(trace_input::TraceFile), Box::new(elf_notes::UsdtNotes), Box::new(elf_symbols::ElfSymbols)]
+    vec![
+        Box::new(trace_input::TraceFile),
+        Box::new(elf_notes::UsdtNotes),
+        Box::new(elf_symbols::ElfSymbols),
+        Box::new(go_binary::GoExecutable),
+    ]
 }
 
 /// An input that made a reader or an analysis panic.

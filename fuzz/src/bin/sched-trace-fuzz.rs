@@ -89,6 +89,9 @@ fn run() -> Result<bool> {
                 if t.name() == "usdt" {
                     seeds.extend(elf_notes::seeds());
                 }
+                if t.name() == "go" {
+                    seeds.extend(sched_trace_fuzz::go_binary::seeds(&std::env::temp_dir()));
+                }
                 for extra in &extra_seeds {
                     if let Some((name, file)) = extra.split_once('=')
                         && name == t.name()
