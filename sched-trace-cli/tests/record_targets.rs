@@ -116,7 +116,9 @@ fn a_process_whose_executable_was_deleted_is_traced_by_pid() {
     let Some(_k) = kernel_probes() else { return };
     let dir = tempfile::tempdir().unwrap();
     let sleeper = static_sleeper(dir.path());
-    let mut running = Command::new(&sleeper).arg("150").spawn().unwrap();
+    // It outlives the recording whatever the recorder's start-up takes (a debug build reads the
+    // kernel's BTF for a second or more); it is killed after.
+    let mut running = Command::new(&sleeper).arg("1000").spawn().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     std::fs::remove_file(&sleeper).unwrap();
     let exe = std::fs::read_link(format!("/proc/{}/exe", running.id())).unwrap();

@@ -376,6 +376,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             stack_kinds: stack_kinds(&opts.stacks),
             go: go_programs,
             go_checked: Default::default(),
+            stop_ns: u64::MAX,
         },
         tx,
         status: StatusLine::new(opts.progress && std::io::stderr().is_terminal()),
@@ -386,7 +387,10 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     // When recording stopped (detaching the probes below takes a while: uprobes wait for RCU).
     let stopped_ns = host::monotonic_ns();
 
-    // Detach first, then take what the kernel still holds.
+    // Detach first, then take what the kernel still holds: what was recorded before the stop.
+    // Detaching takes a while and the programs go one by one, so records after it would show a
+    // trace with some probes and not others (wake-ups without their switches).
+    session.drained.stop_ns = stopped_ns;
     drop(probes);
     session.drain_now();
     let final_drops = session.losses(true);
@@ -1113,6 +1117,9 @@ struct Drained {
     go: go::GoPrograms,
     /// ...and those whose layout was checked on the live process.
     go_checked: std::collections::HashSet<u32>,
+    /// When recording stopped (`u64::MAX` until then): later records are received (they count
+    /// against the kernel's submitted counters) but not written.
+    stop_ns: u64,
 }
 
 /// The record kinds that carry stacks under `s`, a bit per kind.
@@ -1165,10 +1172,15 @@ fn drain(ring: &mut RingBuf<MapData>, d: &mut Drained) -> Vec<u32> {
         {
             m.saw(pid());
         }
-        d.batch.extend_from_slice(&item);
         if let Some(r) = d.received.get_mut(k as usize) {
             *r += 1;
         }
+        let ts_at = std::mem::offset_of!(RecordHeader, ts_ns);
+        let ts = item.get(ts_at..ts_at + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+        if ts > d.stop_ns {
+            continue;
+        }
+        d.batch.extend_from_slice(&item);
     }
     execs
 }
