@@ -371,6 +371,9 @@ fn the_full_level_sees_every_creation_exit_and_wait_reason() {
         assert!(gcs >= 2, "{me}");
         assert_eq!((pauses("stwGCSweepTerm"), pauses("stwGCMarkTerm")), (gcs, gcs), "Go {version}: {stw:?}");
         assert!(pauses("stwReadMemStats") >= 1, "Go {version}: {stw:?}");
+        // The goroutine that forced a GC runs when the world stops, and the spinner wants to.
+        let held = report["go"][0]["stw_held_back_max"].as_u64().unwrap();
+        assert!(held >= 1, "Go {version}: no goroutine held back by any pause");
         // The echo clients park in the netpoller and the netpoller readies them.
         let tasks = report["tasks"]["tasks"].as_array().unwrap();
         let clients: Vec<&Value> =

@@ -175,8 +175,11 @@ impl Correlator {
         self.threads.event(e);
         if let EventKind::UserTask { probe: index, args, .. } = e.kind {
             *self.user_probe_hits.entry(index).or_default() += 1;
-            if let Some(p) = probe {
-                self.pauses.probe(&p.provider, &p.name, &p.reasons, &args, e.ts, e.pid);
+            if let Some(p) = probe
+                && pauses::PauseTracker::wants(&p.provider, &p.name)
+            {
+                let active = self.tasks.active_in(e.pid);
+                self.pauses.probe(&p.provider, &p.name, &p.reasons, &args, e.ts, e.pid, active);
             }
             if let Some((task, t)) = transition
                 && !matches!(t, Transition::Observed { .. })

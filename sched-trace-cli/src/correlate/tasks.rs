@@ -452,6 +452,13 @@ impl TaskTracker {
         self.running.get(&tid).map(|((_, task), _)| *task)
     }
 
+    /// How many tasks of process `pid` are running or runnable now: those a pause of the whole
+    /// runtime holds back. (Walks every task: for rare events only.)
+    pub fn active_in(&self, pid: u32) -> u64 {
+        let active = |t: &Task| matches!(t.state, TaskState::Running { .. } | TaskState::Runnable { .. });
+        self.tasks.iter().filter(|((p, _), t)| *p == pid && active(t)).count() as u64
+    }
+
     /// Whether any task runs on thread `tid` (cheap, for the hot path).
     pub fn has_running(&self, tid: u32) -> bool {
         !self.running.is_empty() && self.running.contains_key(&tid)

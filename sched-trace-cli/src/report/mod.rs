@@ -53,6 +53,10 @@ pub struct GoReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stw: Option<Durations>,
     pub stw_by_reason: Vec<(String, Durations)>,
+    /// Goroutines running or runnable when each pause began, summed over the pauses, and the
+    /// most any one pause held back.
+    pub stw_held_back: u64,
+    pub stw_held_back_max: u64,
 }
 
 impl GoReport {
@@ -69,7 +73,13 @@ impl GoReport {
             by.into_iter().map(|(r, v)| (r.to_string(), Durations::of(v))).collect();
         stw_by_reason.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(&b.0)));
         let all = Durations::of(mine.iter().map(|q| q.end.saturating_sub(q.start)).collect());
-        GoReport { process: p.clone(), stw: (all.count > 0).then_some(all), stw_by_reason }
+        GoReport {
+            process: p.clone(),
+            stw: (all.count > 0).then_some(all),
+            stw_by_reason,
+            stw_held_back: mine.iter().map(|q| q.held_back).sum(),
+            stw_held_back_max: mine.iter().map(|q| q.held_back).max().unwrap_or(0),
+        }
     }
 }
 

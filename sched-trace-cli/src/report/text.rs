@@ -305,12 +305,13 @@ fn render_go(out: &mut String, programs: &[super::GoReport]) {
         if let Some(d) = &r.stw {
             let _ = writeln!(
                 out,
-                "  stop-the-world: {} pauses, {} in all; p50 {}, p99 {}, max {}",
+                "  stop-the-world: {} pauses, {} in all; p50 {}, p99 {}, max {}; up to {} goroutines running or runnable held back by one",
                 count(d.count),
                 duration_ns(d.total_ns),
                 duration_ns(d.p50_ns),
                 duration_ns(d.p99_ns),
-                duration_ns(d.max_ns)
+                duration_ns(d.max_ns),
+                count(r.stw_held_back_max)
             );
             let mut rows = vec![cells(&["", "REASON", "PAUSES", "TOTAL", "p50", "MAX"])];
             for (reason, d) in &r.stw_by_reason {
