@@ -194,7 +194,7 @@ impl GoBinary {
             let cache = object::ReadCache::new(file);
             let elf =
                 object::File::parse(&cache).map_err(|e| GoError::NotElf(name.clone(), e.to_string()))?;
-            if elf.section_by_name(".go.buildinfo").is_none() && elf.section_by_name(".gopclntab").is_none() {
+            if !has_go_sections(&elf) {
                 return Ok(None);
             }
         }
@@ -205,7 +205,7 @@ impl GoBinary {
     /// Reads a Go executable from its bytes; `name` is what errors call it.
     pub fn parse(name: &str, data: &[u8]) -> Result<Option<GoBinary>, GoError> {
         let elf = object::File::parse(data).map_err(|e| GoError::NotElf(name.into(), e.to_string()))?;
-        if elf.section_by_name(".go.buildinfo").is_none() && elf.section_by_name(".gopclntab").is_none() {
+        if !has_go_sections(&elf) {
             return Ok(None);
         }
         let Some(go) = gobin::GoBinary::parse(data) else { return Ok(None) };
@@ -304,7 +304,7 @@ impl GoBinary {
 
     /// The entry address of the function named `name`.
     pub fn function(&self, name: &str) -> Option<u64> {
-        self.functions.iter().find(|f| f.name == name).map(|f| f.entry)
+        named(&self.functions, name).map(|f| f.entry)
     }
 
     /// A build setting's value.
@@ -431,7 +431,7 @@ pub fn dwarf_layout(name: &str, elf: &object::File) -> Result<Option<GoLayout>, 
 /// the binary is refused.
 fn tls_g_offset(name: &str, elf: &object::File, functions: &[GoFunction]) -> Result<i64, GoError> {
     for func in ["runtime.stackcheck", "runtime.systemstack"] {
-        let Some(f) = functions.iter().find(|f| f.name == func) else { continue };
+        let Some(f) = named(functions, func) else { continue };
         let Some(code) = bytes_at(elf, f.entry, 64) else { continue };
         if let Some(off) = fs_displacement(code) {
             return Ok(off);
@@ -459,7 +459,6 @@ fn file_offset_of(elf: &object::File, addr: u64) -> Option<u64> {
 /// after `runtime.newproc`'s closure calls `runtime.newproc1`, where RAX holds the new `g`.
 fn probe_sites(elf: &object::File, functions: &[GoFunction]) -> (Vec<GoProbeSite>, Vec<String>) {
     let (mut sites, mut missing) = (Vec::new(), Vec::new());
-    let by_name = |n: &str| functions.iter().find(|f| f.name == n);
     let site = |point, f: &GoFunction, address: u64| {
         file_offset_of(elf, address).map(|file_offset| GoProbeSite {
             point,
@@ -469,7 +468,7 @@ fn probe_sites(elf: &object::File, functions: &[GoFunction]) -> (Vec<GoProbeSite
         })
     };
     for (point, name) in ENTRY_POINTS {
-        let Some(f) = by_name(name) else {
+        let Some(f) = named(functions, name) else {
             missing.push(format!("{point}: no function {name}"));
             continue;
         };
@@ -480,18 +479,13 @@ fn probe_sites(elf: &object::File, functions: &[GoFunction]) -> (Vec<GoProbeSite
             None => missing.push(format!("{point}: {name} does not start with the stack-check prologue")),
         }
     }
-    let newproc1 = by_name("runtime.newproc1").map(|f| f.entry);
+    let newproc1 = named(functions, "runtime.newproc1").map(|f| f.entry);
     let closure = functions.iter().position(|f| f.name == "runtime.newproc.func1");
     let after_call = newproc1.zip(closure).and_then(|(target, i)| {
         let f = &functions[i];
-        let end = functions.get(i + 1).map_or(f.entry + 512, |n| n.entry).min(f.entry + 512);
-        let code = bytes_at(elf, f.entry, end - f.entry)?;
-        code.windows(5).enumerate().find_map(|(at, w)| {
-            let next = f.entry + at as u64 + 5;
-            let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
-            (w[0] == 0xe8 && next.checked_add_signed(rel) == Some(target))
-                .then(|| site("newproc", f, next))?
-        })
+        direct_calls(elf, functions, i, 512)
+            .find(|(_, callee)| callee.entry == target)
+            .and_then(|(returns_to, _)| site("newproc", f, returns_to))
     });
     match after_call {
         Some(s) => sites.push(s),
@@ -503,34 +497,58 @@ fn probe_sites(elf: &object::File, functions: &[GoFunction]) -> (Vec<GoProbeSite
 /// For every `go` statement wrapper, the first function it calls (a `call rel32` whose target is
 /// a function's entry, the stack-growth call excepted).
 fn go_wrappers(elf: &object::File, functions: &[GoFunction]) -> BTreeMap<u64, String> {
-    let entry_of =
-        |addr: u64| functions.binary_search_by_key(&addr, |f| f.entry).ok().and_then(|i| functions.get(i));
     let mut out = BTreeMap::new();
     for (i, f) in functions.iter().enumerate() {
         if !f.name.contains(".gowrap") {
             continue;
         }
-        let end = functions.get(i + 1).map_or(f.entry + 256, |n| n.entry).min(f.entry + 256);
-        let Some(code) = bytes_at(elf, f.entry, end - f.entry) else { continue };
-        let target = code.windows(5).enumerate().find_map(|(at, w)| {
-            if w[0] != 0xe8 {
-                return None;
-            }
-            let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
-            let next = f.entry.checked_add(at as u64 + 5)?;
-            let callee = entry_of(next.checked_add_signed(rel)?)?;
-            // Outside the runtime, a wrapper's calls into it copy arguments or block (a
-            // `go func() { <-c }()` inlined): the goroutine's function is the first other one.
-            let runtime_wrapper = f.name.starts_with("runtime.");
-            (!callee.name.starts_with("runtime.morestack")
-                && (runtime_wrapper || !callee.name.starts_with("runtime.")))
-            .then(|| callee.name.clone())
+        // Outside the runtime, a wrapper's calls into it copy arguments or block (a
+        // `go func() { <-c }()` inlined): the goroutine's function is the first other one.
+        let runtime_wrapper = f.name.starts_with("runtime.");
+        let target = direct_calls(elf, functions, i, 256).find(|(_, callee)| {
+            !callee.name.starts_with("runtime.morestack")
+                && (runtime_wrapper || !callee.name.starts_with("runtime."))
         });
-        if let Some(t) = target {
-            out.insert(f.entry, t);
+        if let Some((_, callee)) = target {
+            out.insert(f.entry, callee.name.clone());
         }
     }
     out
+}
+
+/// The `call rel32` instructions in the first `limit` bytes of function `functions[i]` whose
+/// target is a function's entry: (the address the call returns to, the function called). A byte
+/// pattern, not a disassembly: the exact-entry check keeps stray `e8` bytes out.
+fn direct_calls<'a>(
+    elf: &object::File<'a>,
+    functions: &'a [GoFunction],
+    i: usize,
+    limit: u64,
+) -> impl Iterator<Item = (u64, &'a GoFunction)> {
+    let f = &functions[i];
+    let end = functions.get(i + 1).map_or(f.entry + limit, |n| n.entry).min(f.entry + limit);
+    let code = bytes_at(elf, f.entry, end.saturating_sub(f.entry)).unwrap_or_default();
+    code.windows(5).enumerate().filter_map(move |(at, w)| {
+        if w[0] != 0xe8 {
+            return None;
+        }
+        let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
+        let returns_to = f.entry.checked_add(at as u64 + 5)?;
+        let target = returns_to.checked_add_signed(rel)?;
+        let callee =
+            functions.binary_search_by_key(&target, |g| g.entry).ok().and_then(|j| functions.get(j))?;
+        Some((returns_to, callee))
+    })
+}
+
+/// The function named `name`.
+fn named<'a>(functions: &'a [GoFunction], name: &str) -> Option<&'a GoFunction> {
+    functions.iter().find(|f| f.name == name)
+}
+
+/// Whether an ELF file has the sections every Go program has.
+fn has_go_sections<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> bool {
+    elf.section_by_name(".go.buildinfo").is_some() || elf.section_by_name(".gopclntab").is_some()
 }
 
 /// Up to `len` bytes of the file's image at virtual address `addr`.

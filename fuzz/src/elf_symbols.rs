@@ -119,7 +119,7 @@ impl Target for ElfSymbols {
 }
 
 /// The file range of section `name`, if the ELF still says where it is.
-fn section_range(elf: &[u8], name: &str) -> Option<(usize, usize)> {
+pub(crate) fn section_range(elf: &[u8], name: &str) -> Option<(usize, usize)> {
     let file = object::File::parse(elf).ok()?;
     let (start, len) = file.section_by_name(name)?.file_range()?;
     Some((usize::try_from(start).ok()?, usize::try_from(len).ok()?))

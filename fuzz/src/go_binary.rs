@@ -10,10 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection};
 use sched_trace_binaries::go::GoBinary;
 
-use crate::{Outcome, Rng, Target};
+use crate::{Outcome, Rng, Target, elf_symbols::section_range};
 
 pub struct GoExecutable;
 
@@ -71,12 +70,6 @@ impl Target for GoExecutable {
             Err(e) => Outcome::Refused(e.to_string()),
         }
     }
-}
-
-fn section_range(elf: &[u8], name: &str) -> Option<(usize, usize)> {
-    let file = object::File::parse(elf).ok()?;
-    let (start, len) = file.section_by_name(name)?.file_range()?;
-    Some((usize::try_from(start).ok()?, usize::try_from(len).ok()?))
 }
 
 /// The newest Go toolchain `cargo xtask setup` installed, if any.

@@ -252,25 +252,29 @@ fn fuzz(root: &Path, inputs: u64, jobs: u64, seconds: u64, seed: u64) -> Result<
     Ok(())
 }
 
+/// Builds the Go test program ([`GO_TARGET`]) with the toolchain `go` into `out`, offline.
+fn build_go_target(root: &Path, go: &Path, out: &Path) -> Result<()> {
+    run(
+        Command::new(go)
+            .arg("build")
+            .arg("-o")
+            .arg(out)
+            .arg(".")
+            .current_dir(root.join(GO_TARGET))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOCACHE", root.join("target/go/cache")),
+        &format!("go build with {}", go.display()),
+    )
+}
+
 /// Builds the Go test program with each toolchain and writes the layouts its DWARF gives.
 fn go_layouts(root: &Path) -> Result<()> {
     let mut table = std::collections::BTreeMap::new();
     for version in GO_VERSIONS {
         let out = root.join("target/go").join(version).join("schedtarget");
-        let go = Path::new(GO_DIR).join(version).join("bin/go");
-        run(
-            Command::new(&go)
-                .arg("build")
-                .arg("-o")
-                .arg(&out)
-                .arg(".")
-                .current_dir(root.join(GO_TARGET))
-                .env("GOTOOLCHAIN", "local")
-                .env("GOPROXY", "off")
-                .env("GOFLAGS", "-mod=mod")
-                .env("GOCACHE", root.join("target/go/cache")),
-            &format!("go build with Go {version}"),
-        )?;
+        build_go_target(root, &Path::new(GO_DIR).join(version).join("bin/go"), &out)?;
         let binary = sched_trace_binaries::go::GoBinary::open(&out)
             .with_context(|| format!("reading {}", out.display()))?
             .with_context(|| format!("{} is not a Go program", out.display()))?;

@@ -585,14 +585,7 @@ impl TaskTracker {
                         }
                     }
                 }
-                if counted {
-                    entry.stats.runs += 1;
-                    if entry.last_tid.is_some_and(|last| last != tid) {
-                        entry.stats.thread_changes += 1;
-                    }
-                }
-                entry.last_tid = Some(tid);
-                completed[0] = entry.set_state(ts, TaskState::Running { tid, since: ts });
+                completed[0] = entry.start_run(ts, tid);
                 if let Some((other, _)) = self.running.insert(tid, (key, ts))
                     && other != key
                 {
@@ -666,14 +659,7 @@ impl TaskTracker {
         {
             self.running.remove(&elsewhere);
         }
-        if window.contains(at) {
-            entry.stats.runs += 1;
-            if entry.last_tid.is_some_and(|last| last != tid) {
-                entry.stats.thread_changes += 1;
-            }
-        }
-        entry.last_tid = Some(tid);
-        let cut = entry.set_state(at, TaskState::Running { tid, since: at });
+        let cut = entry.start_run(at, tid);
         self.running.insert(tid, (key, at));
         self.emit(cut);
     }
@@ -758,6 +744,20 @@ impl Task {
             run_stolen: 0,
             window,
         }
+    }
+
+    /// Starts a run on thread `tid` at `ts` (counted inside the window). Returns the sample of
+    /// the state it leaves, as [`Self::set_state`].
+    #[must_use]
+    fn start_run(&mut self, ts: u64, tid: u32) -> Option<Sample> {
+        if self.window.contains(ts) {
+            self.stats.runs += 1;
+            if self.last_tid.is_some_and(|last| last != tid) {
+                self.stats.thread_changes += 1;
+            }
+        }
+        self.last_tid = Some(tid);
+        self.set_state(ts, TaskState::Running { tid, since: ts })
     }
 
     fn running_on(&self) -> Option<u32> {

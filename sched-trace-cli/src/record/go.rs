@@ -82,21 +82,11 @@ pub fn inspect(pid: u32, path: &Path) -> Inspected {
 }
 
 impl GoPrograms {
-    /// Follows the goroutines of process `pid`, running `binary`: its probe-table entry, and the
-    /// layout the probes read it with. `fsbase_known`: the kernel exposes the thread pointer.
-    pub fn follow(
-        &mut self,
-        pid: u32,
-        binary: Arc<GoBinary>,
-        probe_index: u32,
-        fsbase_known: bool,
-    ) -> Option<(UserProbe, GoIdentity)> {
-        self.follow_at(pid, binary, probe_index, fsbase_known, GoLevel::Identity)
-    }
-
-    /// [`Self::follow`] at `level`. At the full level nothing is returned: the scheduler's
-    /// probes ([`full_probes`]) are attached instead, and their records name the goroutines'
-    /// start functions as the identity records do (`start_pc_probes`: their indexes).
+    /// Follows the goroutines of process `pid`, running `binary`, at `level`: at the identity
+    /// level, its probe-table entry (index `probe_index`) and the layout the probes read it
+    /// with (`fsbase_known`: the kernel exposes the thread pointer). At the full level nothing
+    /// is returned: the scheduler's probes ([`full_probes`]) are attached instead, and those
+    /// whose records carry start pcs are named with [`Self::names_start_pcs_of`].
     pub fn follow_at(
         &mut self,
         pid: u32,
@@ -125,18 +115,17 @@ impl GoPrograms {
             statuses: l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect(),
             wait_reasons: l.wait_reasons.clone(),
         };
-        if level == GoLevel::Full {
-            info.level = "full".into();
+        // A position-dependent image is where it was linked; another's bias is read later.
+        let bias = (!binary.position_independent).then_some(0);
+        if level == GoLevel::Full || !fsbase_known {
             info.probe = None;
-            let bias = (!binary.position_independent).then_some(0);
+            if level == GoLevel::Full {
+                info.level = "full".into();
+            } else {
+                info.level = "off".into();
+                info.problem = Some("this kernel's BTF has no task_struct.thread.fsbase".into());
+            }
             self.followed.insert(pid, Followed { binary, bias, info });
-            return None;
-        }
-        if !fsbase_known {
-            info.level = "off".into();
-            info.probe = None;
-            info.problem = Some("this kernel's BTF has no task_struct.thread.fsbase".into());
-            self.followed.insert(pid, Followed { binary, bias: None, info });
             return None;
         }
         let identity = GoIdentity {
@@ -160,7 +149,6 @@ impl GoPrograms {
             reasons: Default::default(),
         };
         self.probes.insert(probe_index);
-        let bias = (!binary.position_independent).then_some(0);
         self.followed.insert(pid, Followed { binary, bias, info });
         Some((probe, identity))
     }
@@ -233,8 +221,11 @@ impl GoPrograms {
     pub fn table(&mut self, all: bool) -> Option<GoChunk> {
         let mut chunk = GoChunk::default();
         for (pid, pc) in std::mem::take(&mut self.unnamed) {
-            let Some(f) = self.followed.get(&pid) else { continue };
-            let Some(bias) = f.bias.or_else(|| load_bias(pid, &f.binary)) else {
+            let Some(f) = self.followed.get_mut(&pid) else { continue };
+            if f.bias.is_none() {
+                f.bias = load_bias(pid, &f.binary);
+            }
+            let Some(bias) = f.bias else {
                 self.unnamed.insert((pid, pc));
                 continue;
             };
@@ -381,18 +372,9 @@ fn cpus_allowed(pid: u32) -> Option<u32> {
 /// (position-independent builds move by this much).
 fn load_bias(pid: u32, binary: &GoBinary) -> Option<u64> {
     let exe = std::fs::canonicalize(&binary.path).ok()?;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let range = f.next()?;
-        let (_perms, offset) = (f.next()?, f.next()?);
-        let path = f.nth(2)?;
-        if Path::new(path) != exe || u64::from_str_radix(offset, 16).ok()? != 0 {
-            return None;
-        }
-        let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
-        Some(start.wrapping_sub(binary.image_base))
-    })
+    let first =
+        super::mappings::read_maps(pid)?.into_iter().find(|m| m.offset == 0 && Path::new(&m.path) == exe)?;
+    Some(first.start.wrapping_sub(binary.image_base))
 }
 
 /// Reads another process's memory (`/proc/PID/mem`, root).

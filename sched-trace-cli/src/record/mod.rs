@@ -246,7 +246,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut go_unsupported = Vec::new();
     let mut go_layouts = Vec::new();
     // The full level's probes, in the probe table (attached with the USDT probes).
-    let mut go_probes: Option<std::ops::Range<usize>> = None;
+    let mut go_probes = Vec::new();
     let go_targets = command
         .iter()
         .map(|c| (c.pid(), c.program().to_path_buf()))
@@ -256,18 +256,10 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             go::Inspected::NotGo => {}
             go::Inspected::Unsupported(info) => go_unsupported.push(info),
             go::Inspected::Go(binary) => {
-                let index = usdt.table.len() as u32;
-                if opts.go == go::GoLevel::Full {
-                    let added = usdt.push_go_probes(&binary, &mut go_programs, &mut skipped);
-                    go_probes =
-                        Some(go_probes.map_or(added.clone(), |r| r.start.min(added.start)..added.end));
-                }
-                if let Some((probe, layout)) =
-                    go_programs.follow_at(pid, binary, index, kernel.task.fsbase.is_some(), opts.go)
-                {
-                    usdt.push_runtime_probe(probe);
-                    go_layouts.push((pid, layout));
-                }
+                let fsbase = kernel.task.fsbase.is_some();
+                let adopted = usdt.adopt_go(&mut go_programs, pid, binary, opts.go, fsbase, &mut skipped);
+                go_probes.push(adopted.probes);
+                go_layouts.extend(adopted.identity.map(|layout| (pid, layout)));
             }
         }
     }
@@ -311,7 +303,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let counters = probes.take_counters()?;
     probes.attach_all()?;
     usdt.attach(&mut probes, initial_probes)?;
-    if let Some(added) = go_probes {
+    for added in go_probes {
         usdt.attach(&mut probes, added)?;
     }
     if let Some(hz) = opts.stacks.oncpu_hz {
@@ -524,6 +516,28 @@ enum FileId {
     Path(PathBuf),
 }
 
+impl FileId {
+    /// The file at `path`: by device and inode, by path when it cannot be looked at.
+    fn of(path: &Path) -> FileId {
+        std::fs::metadata(path)
+            .map(|m| {
+                FileId::Inode((
+                    std::os::unix::fs::MetadataExt::dev(&m),
+                    std::os::unix::fs::MetadataExt::ino(&m),
+                ))
+            })
+            .unwrap_or_else(|_| FileId::Path(path.to_path_buf()))
+    }
+}
+
+/// What following one Go process added (see `UsdtCatalog::adopt_go`).
+struct GoAdopted {
+    /// Probe-table entries to attach (the full level's).
+    probes: std::ops::Range<usize>,
+    /// The layout the kernel reads its goroutines with (the identity level).
+    identity: Option<sched_trace_abi::GoIdentity>,
+}
+
 /// The USDT probes a recording attaches, growing as traced processes exec new executables: the
 /// trace's probe table, and how the kernel reads each probe's arguments.
 struct UsdtCatalog {
@@ -563,10 +577,7 @@ impl UsdtCatalog {
             // keep that path when the link's target is gone.
             let binary = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.clone());
             // The same file under two names (two PIDs' /proc/PID/exe) is probed once.
-            let identity = std::fs::metadata(&binary)
-                .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
-                .ok();
-            if !self.seen.insert(identity.map_or_else(|| FileId::Path(binary.clone()), FileId::Inode)) {
+            if !self.seen.insert(FileId::of(&binary)) {
                 continue;
             }
             let probes = match usdt::read_probes(&binary) {
@@ -625,6 +636,31 @@ impl UsdtCatalog {
         start..self.table.len()
     }
 
+    /// Follows Go process `pid` running `binary` at `level`: adds its probes to the table (the
+    /// full level's scheduler probes, or the identity level's goroutine records), and returns
+    /// the ones to attach and the layout the kernel reads goroutines with (identity level).
+    fn adopt_go(
+        &mut self,
+        go: &mut go::GoPrograms,
+        pid: u32,
+        binary: std::sync::Arc<sched_trace_binaries::go::GoBinary>,
+        level: go::GoLevel,
+        fsbase_known: bool,
+        skipped: &mut Vec<String>,
+    ) -> GoAdopted {
+        let probes = if level == go::GoLevel::Full {
+            self.push_go_probes(&binary, go, skipped)
+        } else {
+            self.table.len()..self.table.len()
+        };
+        let index = self.table.len() as u32;
+        let identity = go.follow_at(pid, binary, index, fsbase_known, level).map(|(probe, layout)| {
+            self.push_runtime_probe(probe);
+            layout
+        });
+        GoAdopted { probes, identity }
+    }
+
     /// Adds the full level's probes of Go `binary` (once per executable) and returns their
     /// range of table indexes, to attach; a probe whose operands cannot be read is skipped
     /// and said.
@@ -635,11 +671,7 @@ impl UsdtCatalog {
         skipped: &mut Vec<String>,
     ) -> std::ops::Range<usize> {
         let start = self.table.len();
-        let path = PathBuf::from(&binary.path);
-        let identity = std::fs::metadata(&path)
-            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
-            .map_or_else(|_| FileId::Path(path.clone()), FileId::Inode);
-        if !self.go_seen.insert(identity) {
+        if !self.go_seen.insert(FileId::of(Path::new(&binary.path))) {
             return start..start;
         }
         for why in &binary.missing_sites {
@@ -956,7 +988,6 @@ impl Session {
                 m.changed(pid);
             }
         }
-        let mut go_probes = Vec::new();
         for &pid in exec_pids {
             let exe = PathBuf::from(format!("/proc/{pid}/exe"));
             // The launched command's own exec: followed since before it.
@@ -970,23 +1001,17 @@ impl Session {
                     self.send(SinkMsg::Go(table)).await?;
                 }
                 go::Inspected::Go(binary) => {
-                    if self.go_level == go::GoLevel::Full {
-                        let mut skipped = Vec::new();
-                        let added = usdt.push_go_probes(&binary, &mut self.drained.go, &mut skipped);
-                        let table = usdt.table[added.clone()].to_vec();
-                        self.send(SinkMsg::Probes { added: table, skipped }).await?;
-                        usdt.attach(probes, added)?;
-                    }
-                    let index = usdt.table.len() as u32;
+                    let mut skipped = Vec::new();
                     let fsbase = probes.fsbase_known();
-                    if let Some((probe, layout)) =
-                        self.drained.go.follow_at(pid, binary, index, fsbase, self.go_level)
-                    {
-                        usdt.push_runtime_probe(probe.clone());
-                        go_probes.push(probe);
-                        // The probe table first: it must precede the records of the probe.
-                        self.send(SinkMsg::Probes { added: go_probes.clone(), skipped: Vec::new() }).await?;
-                        go_probes.clear();
+                    let adopted =
+                        usdt.adopt_go(&mut self.drained.go, pid, binary, self.go_level, fsbase, &mut skipped);
+                    // The probe table first: it must precede the records of its probes.
+                    let added = usdt.table[adopted.probes.start..].to_vec();
+                    if !added.is_empty() || !skipped.is_empty() {
+                        self.send(SinkMsg::Probes { added, skipped }).await?;
+                    }
+                    usdt.attach(probes, adopted.probes)?;
+                    if let Some(layout) = adopted.identity {
                         probes.follow_goroutines(pid, layout)?;
                         self.drained.go_checked.remove(&pid);
                     }

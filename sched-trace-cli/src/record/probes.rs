@@ -272,21 +272,23 @@ impl Probes {
         pid: u32,
         layout: sched_trace_abi::GoIdentity,
     ) -> Result<(), RecordError> {
-        let map = self.bpf.map_mut(names::GO_PROCS_MAP).ok_or_else(|| missing_map(names::GO_PROCS_MAP))?;
-        let mut procs: BpfHashMap<_, u32, sched_trace_abi::GoIdentity> =
-            BpfHashMap::try_from(map).map_err(|e| map_error(names::GO_PROCS_MAP, e))?;
-        procs.insert(pid, layout, 0).map_err(|e| map_error(names::GO_PROCS_MAP, e))
+        self.go_procs()?.insert(pid, layout, 0).map_err(|e| map_error(names::GO_PROCS_MAP, e))
     }
 
     /// Stops reading the goroutines of process `pid` (its layout failed a check).
     pub fn forget_goroutines(&mut self, pid: u32) -> Result<(), RecordError> {
-        let map = self.bpf.map_mut(names::GO_PROCS_MAP).ok_or_else(|| missing_map(names::GO_PROCS_MAP))?;
-        let mut procs: BpfHashMap<_, u32, sched_trace_abi::GoIdentity> =
-            BpfHashMap::try_from(map).map_err(|e| map_error(names::GO_PROCS_MAP, e))?;
-        match procs.remove(&pid) {
+        match self.go_procs()?.remove(&pid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_error(names::GO_PROCS_MAP, e)),
         }
+    }
+
+    /// The map of Go processes whose goroutines the probes read.
+    fn go_procs(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut MapData, u32, sched_trace_abi::GoIdentity>, RecordError> {
+        let map = self.bpf.map_mut(names::GO_PROCS_MAP).ok_or_else(|| missing_map(names::GO_PROCS_MAP))?;
+        BpfHashMap::try_from(map).map_err(|e| map_error(names::GO_PROCS_MAP, e))
     }
 
     /// Removes process `pid` from the kernel-side filter (after it exited).

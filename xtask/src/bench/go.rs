@@ -28,18 +28,7 @@ fn rates(stdout: &[u8], what: &str) -> Result<(f64, f64)> {
 pub fn go_overhead(root: &Path, go: &Path, runs: usize, seconds: u32) -> Result<()> {
     let dir = tempfile_dir()?;
     let exe = dir.join("schedtarget");
-    super::super::run(
-        Command::new(go)
-            .arg("build")
-            .arg("-o")
-            .arg(&exe)
-            .arg(".")
-            .current_dir(root.join(super::super::GO_TARGET))
-            .env("GOTOOLCHAIN", "local")
-            .env("GOPROXY", "off")
-            .env("GOCACHE", root.join("target/go/cache")),
-        "go build (bench)",
-    )?;
+    super::super::build_go_target(root, go, &exe)?;
     let sched_trace = root.join("target/release/sched-trace");
     let trace = dir.join("go.trace");
     let gotrace = dir.join("go.gotrace");
