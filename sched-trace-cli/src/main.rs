@@ -43,6 +43,12 @@ enum Command {
         /// Trace this process (and its threads); repeat for several.
         #[arg(short, long = "pid", value_name = "PID")]
         pids: Vec<u32>,
+        /// Trace the processes of this cgroup and of every cgroup below it, including those
+        /// that start or move in while recording (a directory of the v2 hierarchy, or of the v1
+        /// `cpu` or `cpuset` hierarchy, e.g. /sys/fs/cgroup/system.slice/app.service); repeat for
+        /// several. Filtered in the kernel.
+        #[arg(long = "cgroup", value_name = "DIR", conflicts_with = "pids")]
+        cgroups: Vec<PathBuf>,
         /// Trace file to write.
         #[arg(short, long, default_value = "sched-trace.trace")]
         output: PathBuf,
@@ -331,6 +337,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Record {
             pids,
+            cgroups,
             output,
             duration,
             ring_buffer_size,
@@ -350,6 +357,7 @@ fn main() -> ExitCode {
             let opts = RecordOptions {
                 output,
                 pids,
+                cgroups,
                 command,
                 command_env: Vec::new(),
                 duration,
@@ -756,6 +764,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
     let code = run_record(RecordOptions {
         output: trace.clone(),
         pids: Vec::new(),
+        cgroups: Vec::new(),
         command,
         command_env,
         duration: None,

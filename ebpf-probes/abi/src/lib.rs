@@ -56,14 +56,36 @@ pub mod kind {
     /// ([`super::MmapRecord`]). Only with stacks on: it tells the recorder to read the process's
     /// mappings again.
     pub const MMAP_EXEC: u8 = 14;
+    /// A traced process's cgroups, when it was created or moved ([`super::CgroupRecord`]).
+    pub const CGROUP: u8 = 15;
     /// One more than the largest kind: the size of per-kind tables.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 }
 
 /// Bits of [`RecordHeader::flags`] for [`kind::SWITCH`].
 pub mod switch_flags {
     /// The outgoing thread was preempted (it stays runnable).
     pub const PREEMPT: u32 = 1;
+    /// The outgoing thread stays runnable but its CFS group (or an ancestor group) is throttled:
+    /// its cgroup ran out of CPU quota (`cfs_rq.throttle_count` > 0).
+    pub const THROTTLED: u32 = 2;
+}
+
+/// Bits of [`RecordHeader::flags`] for [`kind::CGROUP`].
+pub mod cgroup_flags {
+    /// Emitted at the creation of the process (`sched_process_fork`).
+    pub const FORK: u32 = 1;
+    /// Emitted at a move (`cgroup_attach_task`).
+    pub const MOVE: u32 = 2;
+    /// The move took the whole thread group (`cgroup.procs`), not one thread.
+    pub const THREADGROUP: u32 = 4;
+    /// The cgroup filter took the process in (it entered a traced cgroup).
+    pub const FILTER_IN: u32 = 8;
+    /// The cgroup filter let the process go (it left the traced cgroups); its last record.
+    pub const FILTER_OUT: u32 = 16;
+    /// Made by the recorder, not a probe: the process was in a traced cgroup when recording
+    /// started (read from the cgroups' `cgroup.procs`).
+    pub const SCAN: u32 = 32;
 }
 
 /// Bits of [`RecordHeader::flags`] for [`kind::WAKING`].
@@ -124,6 +146,33 @@ pub mod names {
     pub const STACKS_MAP: &str = "STACKS";
     /// Go processes whose goroutines the probes read (tgid → [`super::GoIdentity`]).
     pub const GO_PROCS_MAP: &str = "GO_PROCS";
+    /// The cgroups `record --cgroup` traces ([`super::CgroupKey`] → 1); their descendants too.
+    pub const CGROUP_FILTER_MAP: &str = "CGROUP_FILTER";
+}
+
+/// Deepest cgroup nesting the kernel-side cgroup filter looks up through.
+pub const MAX_CGROUP_DEPTH: usize = 16;
+
+/// A cgroup, kernel-wide: its hierarchy (`cgroup_root.hierarchy_id`, the first field of
+/// `/proc/PID/cgroup`; 0 is the v2 hierarchy) and its id there (`kernfs_node.id`, the inode
+/// number of its directory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    pub hierarchy: u32,
+    pub _pad: u32,
+    pub id: u64,
+}
+
+/// Which cgroup of a task a [`CgroupRecord`] slot holds.
+pub mod cgroup_slot {
+    /// The v2 (unified) hierarchy's cgroup: `css_set.dfl_cgrp`.
+    pub const V2: usize = 0;
+    /// The cgroup of the `cpu` controller (v1 or v2, wherever it is bound).
+    pub const CPU: usize = 1;
+    /// The cgroup of the `cpuset` controller.
+    pub const CPUSET: usize = 2;
+    pub const COUNT: usize = 3;
 }
 
 /// Common header of every record: 24 bytes.
@@ -218,6 +267,19 @@ pub struct ForkRecord {
     pub child_tid: u32,
     pub child_pid: u32,
     pub child_comm: [u8; COMM_LEN],
+}
+
+/// A process's cgroups (`header.tid` is its leader, or the one thread moved), read from its
+/// `css_set` after a fork or a move. Flags are [`cgroup_flags`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupRecord {
+    pub header: RecordHeader,
+    /// Hierarchy ids of the slots (see [`cgroup_slot`]; `u32::MAX`: not read).
+    pub hierarchies: [u32; cgroup_slot::COUNT],
+    pub _pad: u32,
+    /// Cgroup ids (`kernfs_node.id`) of the slots; 0: not read.
+    pub ids: [u64; cgroup_slot::COUNT],
 }
 
 /// `sched_process_exec`. The header's thread is the thread after exec.
@@ -392,6 +454,10 @@ pub const MAX_USDT_PROBES: u32 = 1024;
 // SAFETY: plain repr(C) data without padding, valid for any bit pattern.
 unsafe impl aya::Pod for UsdtSpec {}
 
+#[cfg(feature = "aya")]
+// SAFETY: plain repr(C) data without padding, valid for any bit pattern.
+unsafe impl aya::Pod for CgroupKey {}
+
 /// The size each kind's record has, or `None` for a kind this ABI version does not define.
 pub const fn record_size(kind: u8) -> Option<usize> {
     use core::mem::size_of;
@@ -408,6 +474,7 @@ pub const fn record_size(kind: u8) -> Option<usize> {
         kind::USER_TASK => size_of::<UserTaskRecord>(),
         kind::CPU_SAMPLE => size_of::<CpuSampleRecord>(),
         kind::MMAP_EXEC => size_of::<MmapRecord>(),
+        kind::CGROUP => size_of::<CgroupRecord>(),
         _ => return None,
     })
 }
@@ -447,6 +514,8 @@ const _: () = {
     assert!(size_of::<UserTaskRecord>() == 80);
     assert!(size_of::<CpuSampleRecord>() == 40);
     assert!(size_of::<MmapRecord>() == 40);
+    assert!(size_of::<CgroupRecord>() == 64);
+    assert!(size_of::<CgroupKey>() == 16);
     assert!(size_of::<UsdtArg>() == 24);
     assert!(size_of::<UsdtSpec>() == 8 + 24 * USER_TASK_ARGS);
     assert!(size_of::<GoIdentity>() == 40);

@@ -28,11 +28,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sched_trace_abi::{
-    drop_slot, epoll_call, exit_flags, fork_flags, go_identity_arg, kind, switch_flags, usdt_arg, waking_flags,
-    CpuSampleRecord, EpollEnterRecord, EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, GoIdentity,
+    cgroup_flags, cgroup_slot, drop_slot, epoll_call, exit_flags, fork_flags, go_identity_arg, kind, switch_flags,
+    usdt_arg, waking_flags, CgroupKey, CgroupRecord, CpuSampleRecord, EpollEnterRecord, EpollExitRecord, ExecRecord, ExitRecord, ForkRecord, GoIdentity,
     MigrateRecord, RecordHeader,
     MmapRecord, RenameRecord, SwitchRecord, UserTaskRecord, UsdtArg, UsdtSpec, WakeRecord, COMM_LEN,
-    MAX_USDT_PROBES, NO_STACK, USER_TASK_ARGS,
+    MAX_CGROUP_DEPTH, MAX_USDT_PROBES, NO_STACK, USER_TASK_ARGS,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -59,6 +59,10 @@ static MMAP_EXEC_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0)
 /// Go processes whose goroutines the probes read at switch-outs and samples (tgid → layout).
 #[map]
 static GO_PROCS: HashMap<u32, GoIdentity> = HashMap::with_max_entries(256, 0);
+
+/// The cgroups `record --cgroup` names: a process under one of them is traced.
+#[map]
+static CGROUP_FILTER: HashMap<CgroupKey, u8> = HashMap::with_max_entries(64, 0);
 
 #[map]
 static USDT_SPECS: Array<UsdtSpec> = Array::with_max_entries(MAX_USDT_PROBES, 0);
@@ -110,15 +114,47 @@ static TASK_CFS_RQ: u32 = u32::MAX;
 /// `task_struct.stack`: the base of the task's kernel stack.
 #[unsafe(no_mangle)]
 static TASK_STACK: u32 = u32::MAX;
-/// `pt_regs.orig_ax`: the syscall number for a syscall, negative for an interrupt.
 /// `task_struct.thread.fsbase`: the thread pointer of a task's user mode (x86-64).
 #[unsafe(no_mangle)]
 static TASK_FSBASE: u32 = u32::MAX;
+/// `pt_regs.orig_ax`: the syscall number for a syscall, negative for an interrupt.
 #[unsafe(no_mangle)]
 static PT_REGS_ORIG_AX: u32 = u32::MAX;
 /// `pt_regs.ip`.
 #[unsafe(no_mangle)]
 static PT_REGS_IP: u32 = u32::MAX;
+
+/// The way from a task to its cgroups: `task_struct.cgroups` (its `css_set`), the set's v2
+/// cgroup (`dfl_cgrp`) and its `cpu` and `cpuset` controller states (`subsys[...]`), a state's
+/// cgroup (`cgroup_subsys_state.cgroup`), a cgroup's directory (`kn`) and that directory's id,
+/// its parent (`self.parent`, a controller state), and its hierarchy (`root`, `hierarchy_id`).
+#[unsafe(no_mangle)]
+static TASK_CGROUPS: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CSS_SET_DFL_CGRP: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CSS_SET_CPU: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CSS_SET_CPUSET: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CSS_CGROUP: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CGROUP_KN: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CGROUP_PARENT: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CGROUP_ROOT: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static CGROUP_ROOT_HIERARCHY_ID: u32 = u32::MAX;
+/// `cfs_rq.throttle_count`: above 0 while the group or one of its ancestors is throttled.
+#[unsafe(no_mangle)]
+static CFS_RQ_THROTTLE_COUNT: u32 = u32::MAX;
+/// Trace the processes under the cgroups of `CGROUP_FILTER` (with `FILTER_PIDS`: the filter
+/// table is kept by the fork and cgroup-move probes).
+#[unsafe(no_mangle)]
+static FILTER_CGROUPS: u8 = 0;
 
 /// Offsets of the fields of the epoll syscall tracepoints, from their tracefs `format` files.
 #[unsafe(no_mangle)]
@@ -168,15 +204,32 @@ fn traced(pid: u32) -> bool {
 #[derive(Clone, Copy)]
 struct Task(u64);
 
+/// Field `offset` of the kernel object at `base` (see [`Task`]); 0 for a null object or an
+/// offset the kernel's BTF did not have.
+#[inline(always)]
+fn load<T: Default>(base: u64, offset: u32) -> T {
+    if offset == u32::MAX || base == 0 {
+        return T::default();
+    }
+    // Volatile: the compiler must not merge loads of neighbouring fields into one wider load,
+    // which the verifier would refuse as crossing a field boundary.
+    unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
+}
+
 impl Task {
     #[inline(always)]
     fn field<T: Default>(self, offset: u32) -> T {
-        if offset == u32::MAX || self.0 == 0 {
-            return T::default();
-        }
-        // Volatile: the compiler must not merge loads of neighbouring fields into one wider load,
-        // which the verifier would refuse as crossing a field boundary.
-        unsafe { core::ptr::read_volatile((self.0 + offset as u64) as *const T) }
+        load(self.0, offset)
+    }
+    /// The task's cgroups, by [`cgroup_slot`].
+    #[inline(always)]
+    fn cgroups(self) -> [Cgroup; cgroup_slot::COUNT] {
+        let set: u64 = self.field(global(&TASK_CGROUPS));
+        [
+            Cgroup(load(set, global(&CSS_SET_DFL_CGRP))),
+            Cgroup::of_state(load(set, global(&CSS_SET_CPU))),
+            Cgroup::of_state(load(set, global(&CSS_SET_CPUSET))),
+        ]
     }
     #[inline(always)]
     fn tid(self) -> u32 {
@@ -216,6 +269,60 @@ impl Task {
         }
         unsafe { bpf_probe_read_kernel((self.0 + offset as u64) as *const [u8; COMM_LEN]) }.unwrap_or_default()
     }
+}
+
+/// A `struct cgroup`.
+#[derive(Clone, Copy)]
+struct Cgroup(u64);
+
+impl Cgroup {
+    /// The cgroup of a controller state (`struct cgroup_subsys_state`).
+    #[inline(always)]
+    fn of_state(css: u64) -> Cgroup {
+        Cgroup(load(css, global(&CSS_CGROUP)))
+    }
+    #[inline(always)]
+    fn key(self) -> CgroupKey {
+        let root: u64 = load(self.0, global(&CGROUP_ROOT));
+        let kn: u64 = load(self.0, global(&CGROUP_KN));
+        CgroupKey {
+            hierarchy: load::<i32>(root, global(&CGROUP_ROOT_HIERARCHY_ID)) as u32,
+            _pad: 0,
+            id: load(kn, global(&KERNFS_NODE_ID)),
+        }
+    }
+    #[inline(always)]
+    fn parent(self) -> Cgroup {
+        Cgroup::of_state(load(self.0, global(&CGROUP_PARENT)))
+    }
+    /// Whether this cgroup or one of its ancestors is in the cgroup filter.
+    #[inline(always)]
+    fn filtered(self) -> bool {
+        let mut c = self;
+        for _ in 0..MAX_CGROUP_DEPTH {
+            if c.0 == 0 {
+                return false;
+            }
+            if unsafe { CGROUP_FILTER.get(&c.key()) }.is_some() {
+                return true;
+            }
+            c = c.parent();
+        }
+        false
+    }
+}
+
+/// Whether a task is in a cgroup `record --cgroup` traces (in any of its hierarchies).
+#[inline(always)]
+fn cgroup_traced(task: Task) -> bool {
+    let [v2, cpu, cpuset] = task.cgroups();
+    v2.filtered() || cpu.filtered() || cpuset.filtered()
+}
+
+/// Whether a runnable task's CFS group (or an ancestor group) is throttled.
+#[inline(always)]
+fn throttled(cfs_rq: u64) -> bool {
+    load::<i32>(cfs_rq, global(&CFS_RQ_THROTTLE_COUNT)) > 0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,7 +488,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     if !prev_traced && !traced(next_pid) {
         return 0;
     }
-    let flags = if preempt & 0xff != 0 { switch_flags::PREEMPT } else { 0 };
+    let mut flags = if preempt & 0xff != 0 { switch_flags::PREEMPT } else { 0 };
+    let prev_cfs_rq = prev.cfs_rq();
+    if prev_traced && (prev_state == 0 || flags != 0) && throttled(prev_cfs_rq) {
+        flags |= switch_flags::THROTTLED;
+    }
     // Where the outgoing thread was in user mode (see SwitchRecord::prev_user_ip).
     let prev_user_ip = if prev_traced {
         let regs = unsafe { bpf_task_pt_regs(prev.0 as *mut _) } as u64;
@@ -415,7 +526,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
             prev_weight: prev.weight(),
             next_weight: next.weight(),
             prev_user_ip,
-            prev_cfs_rq: prev.cfs_rq(),
+            prev_cfs_rq,
             next_cfs_rq: next.cfs_rq(),
             prev_user_stack,
             prev_kernel_stack,
@@ -538,15 +649,30 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let parent = Task(ctx.arg(0));
     let child = Task(ctx.arg(1));
     let parent_pid = parent.pid();
-    if !traced(parent_pid) {
-        return 0;
-    }
+    let parent_traced = traced(parent_pid);
     let child_tid = child.tid();
     let child_pid = child.pid();
     let mut flags = 0;
+    let mut follow = false;
     if child_pid == parent_pid {
+        if !parent_traced {
+            return 0;
+        }
         flags |= fork_flags::THREAD;
-    } else if global(&FILTER_PIDS) != 0 && global(&FOLLOW_CHILDREN) != 0 {
+    } else if global(&FILTER_CGROUPS) != 0 {
+        // By the child's own cgroups: it may have been created straight into another one
+        // (clone3's CLONE_INTO_CGROUP), which no move event reports.
+        follow = cgroup_traced(child);
+        if !follow && !parent_traced {
+            return 0;
+        }
+    } else {
+        if !parent_traced {
+            return 0;
+        }
+        follow = global(&FILTER_PIDS) != 0 && global(&FOLLOW_CHILDREN) != 0;
+    }
+    if follow {
         // Before the child first runs (its wakeup_new comes after this tracepoint), so none of
         // its events is filtered out.
         if TRACED_PIDS.insert(&child_pid, &1, 0).is_ok() {
@@ -570,7 +696,64 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
             child_comm: child.comm(),
         },
     );
+    if flags & fork_flags::THREAD == 0 && (flags & fork_flags::FOLLOWED != 0 || global(&FILTER_PIDS) == 0) {
+        let filter = if global(&FILTER_CGROUPS) != 0 && follow { cgroup_flags::FILTER_IN } else { 0 };
+        emit_cgroups(child, cgroup_flags::FORK | filter);
+    }
     0
+}
+
+/// A process moved to another cgroup (a write to `cgroup.procs`, or to v1's `tasks` for one
+/// thread). The move is done when this fires: the task's `css_set` is the new one.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
+    let task = Task(ctx.arg(2));
+    let threadgroup: u64 = ctx.arg(3);
+    let pid = task.pid();
+    let was_traced = traced(pid);
+    let mut flags = cgroup_flags::MOVE;
+    if threadgroup & 0xff != 0 {
+        flags |= cgroup_flags::THREADGROUP;
+    }
+    if global(&FILTER_CGROUPS) != 0 {
+        let now_traced = cgroup_traced(task);
+        if now_traced && !was_traced {
+            if TRACED_PIDS.insert(&pid, &1, 0).is_err() {
+                count_drop(drop_slot::FILTER_TABLE_FULL);
+                return 0;
+            }
+            flags |= cgroup_flags::FILTER_IN;
+        } else if !now_traced && was_traced {
+            let _ = TRACED_PIDS.remove(&pid);
+            flags |= cgroup_flags::FILTER_OUT;
+        } else if !now_traced {
+            return 0;
+        }
+    } else if !was_traced {
+        return 0;
+    }
+    emit_cgroups(task, flags);
+    0
+}
+
+#[inline(always)]
+fn emit_cgroups(task: Task, flags: u32) {
+    if global(&TASK_CGROUPS) == u32::MAX {
+        return;
+    }
+    let [v2, cpu, cpuset] = task.cgroups();
+    let (v2, cpu, cpuset) = (v2.key(), cpu.key(), cpuset.key());
+    emit_waking(
+        kind::CGROUP,
+        CgroupRecord {
+            header: header(kind::CGROUP, core::mem::size_of::<CgroupRecord>(), task.tid(), task.pid(), flags),
+            hierarchies: [v2.hierarchy, cpu.hierarchy, cpuset.hierarchy],
+            _pad: 0,
+            ids: [v2.id, cpu.id, cpuset.id],
+        },
+        // The recorder reads the new cgroup's controls while it still exists.
+        true,
+    );
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]

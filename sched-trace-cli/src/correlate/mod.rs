@@ -79,6 +79,9 @@ pub fn scope_of(info: &TraceInfo) -> Scope {
         TraceTarget::SystemWide => Scope::AllBut(info.recorder_pid),
         TraceTarget::Pids { pids } => Scope::Pids(pids.clone()),
         TraceTarget::Command { pid, .. } => Scope::Pids(vec![*pid]),
+        // Each process comes in by a cgroup record that says so (the recorder writes one for
+        // those already there).
+        TraceTarget::Cgroups { .. } => Scope::Pids(Vec::new()),
     }
 }
 

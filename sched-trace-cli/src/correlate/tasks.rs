@@ -477,7 +477,9 @@ impl TaskTracker {
         let what = match state {
             ThreadState::Running { .. } => RunSegment::OnCpu,
             ThreadState::Off { .. } if proves_running => RunSegment::Unaccounted,
-            ThreadState::Off { why: OffCpu::Woken | OffCpu::Preempted, .. } => RunSegment::CfsStolen,
+            ThreadState::Off { why: OffCpu::Woken | OffCpu::Preempted | OffCpu::Throttled, .. } => {
+                RunSegment::CfsStolen
+            }
             ThreadState::Off { .. } if task.in_blocking_call => RunSegment::BlockingCall,
             ThreadState::Off { .. } => RunSegment::KernelBlocked,
             ThreadState::Unknown | ThreadState::Dead => RunSegment::Unaccounted,

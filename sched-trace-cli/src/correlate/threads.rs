@@ -46,6 +46,9 @@ pub enum OffCpu {
     Woken,
     /// Runnable, waiting for a CPU after being preempted (or yielding).
     Preempted,
+    /// Runnable, but switched out because its cgroup ran out of CPU quota: waiting for the
+    /// quota's next period, then for a CPU.
+    Throttled,
     /// Interruptible sleep (not in epoll).
     Sleeping,
     /// Blocked in epoll_wait / epoll_pwait / epoll_pwait2.
@@ -89,6 +92,11 @@ pub struct ThreadStats {
     pub on_cpu_ns: u64,
     /// Waiting in a run queue (woken or preempted).
     pub runqueue_ns: u64,
+    /// Runnable but throttled: switched out when its cgroup ran out of CPU quota, until it ran
+    /// again (not in `runqueue_ns`).
+    pub throttled_ns: u64,
+    /// Those waits, in order.
+    pub throttled_waits_ns: Vec<u64>,
     pub sleeping_ns: u64,
     pub epoll_ns: u64,
     pub blocked_ns: u64,
@@ -135,7 +143,7 @@ pub struct ThreadStats {
 
 impl ThreadStats {
     pub fn off_cpu_ns(&self) -> u64 {
-        self.runqueue_ns + self.sleeping_ns + self.epoll_ns + self.blocked_ns
+        self.runqueue_ns + self.throttled_ns + self.sleeping_ns + self.epoll_ns + self.blocked_ns
     }
 
     /// Adds `[start, end)` off CPU for `why`, the part of it inside `w`.
@@ -143,6 +151,7 @@ impl ThreadStats {
         let ns = w.clip(start, end);
         match why {
             OffCpu::Woken | OffCpu::Preempted => self.runqueue_ns += ns,
+            OffCpu::Throttled => self.throttled_ns += ns,
             OffCpu::Sleeping => self.sleeping_ns += ns,
             OffCpu::Epoll => self.epoll_ns += ns,
             OffCpu::Blocked => self.blocked_ns += ns,
@@ -606,11 +615,14 @@ impl ThreadTracker {
                 self.cpu(dest_cpu as u16).migrations_in += counted as u64;
                 self.requeue(tid, old, queued);
             }
+            // A followed child's parent is traced, or (`record --cgroup`) the child was created
+            // straight into a traced cgroup.
             EventKind::Fork { child_pid, thread, followed, .. }
-                if (followed || thread) && self.all_but.is_none() && self.pids.contains(e.pid) =>
+                if self.all_but.is_none() && (followed || (thread && self.pids.contains(e.pid))) =>
             {
                 self.pids.insert(child_pid);
             }
+            EventKind::Cgroup(c) if c.filter_in && self.all_but.is_none() => self.pids.insert(e.pid),
             EventKind::Exit { .. } if self.in_scope(e.tid, e.pid) => {
                 self.thread(e.tid, e.pid, e.ts).stats.exited = true;
             }
@@ -653,9 +665,10 @@ impl ThreadTracker {
                 t.cfs_rq = s.prev_cfs_rq;
             }
             let still_runnable = s.preempt || s.prev_state == task_state::RUNNING;
+            // A throttled switch-out is the quota's doing, not the next thread's.
             if still_runnable && counted {
                 t.stats.involuntary_switches += 1;
-                if s.next_tid != 0 {
+                if s.next_tid != 0 && !s.throttled {
                     *t.stats.preempted_by.entry(s.next_tid).or_default() += 1;
                 }
             } else if counted {
@@ -665,7 +678,8 @@ impl ThreadTracker {
                 t.stats.weight = s.prev_weight;
             }
             let new = if still_runnable {
-                ThreadState::Off { since: e.ts, why: OffCpu::Preempted }
+                let why = if s.throttled { OffCpu::Throttled } else { OffCpu::Preempted };
+                ThreadState::Off { since: e.ts, why }
             } else if s.prev_state & (task_state::DEAD | task_state::EXIT_DEAD | task_state::EXIT_ZOMBIE) != 0
             {
                 ThreadState::Dead
@@ -685,7 +699,7 @@ impl ThreadTracker {
             cpu.busy_ns = cpu.busy_ns.saturating_add(ran);
             if still_runnable && counted {
                 cpu.preemptions += 1;
-                if s.next_tid != 0 {
+                if s.next_tid != 0 && !s.throttled {
                     *cpu.preempted_by.entry(s.next_tid).or_default() += 1;
                 }
             }
@@ -707,6 +721,9 @@ impl ThreadTracker {
                 t.stats.add_off(t.window, why, since, e.ts);
                 if matches!(why, OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked) && counted {
                     t.stats.missed_wakeups += 1;
+                }
+                if why == OffCpu::Throttled && t.window.contains(e.ts) {
+                    t.stats.throttled_waits_ns.push(ns);
                 }
                 if matches!(why, OffCpu::Woken | OffCpu::Preempted)
                     && let Some(sample) = t.sample(Metric::Runq, e.ts, ns, e.cpu)
@@ -824,6 +841,7 @@ mod tests {
             prev.1,
             EventKind::Switch(Switch {
                 preempt,
+                throttled: false,
                 prev_state,
                 prev_prio: 120,
                 next_tid: next.0,

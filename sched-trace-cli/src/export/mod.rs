@@ -233,6 +233,7 @@ pub fn off_cpu_label(why: OffCpu) -> &'static str {
     match why {
         OffCpu::Woken => "Runnable (woken)",
         OffCpu::Preempted => "Runnable (preempted)",
+        OffCpu::Throttled => "Runnable (throttled: out of CPU quota)",
         OffCpu::Sleeping => "Sleeping",
         OffCpu::Epoll => "Blocked in epoll",
         OffCpu::Blocked => "Blocked",

@@ -189,7 +189,7 @@ impl GoPrograms {
             f.bias = load_bias(pid, &f.binary);
         }
         let bias = f.bias?;
-        f.info.cpus_allowed = cpus_allowed(pid);
+        f.info.cpus_allowed = super::procfs::cpus_allowed(pid).map(|c| c.len() as u32);
         let mem = ProcessMemory::open(pid).ok()?;
         if let Some(&addr) = f.binary.globals.get("runtime.gomaxprocs") {
             f.info.gomaxprocs = mem.read_u32(addr.wrapping_add(bias)).filter(|&n| n > 0 && n <= 1 << 16);
@@ -344,28 +344,6 @@ pub fn full_probes(binary: &GoBinary) -> Vec<(UserProbe, Vec<GoArg>)> {
             Some((probe, args))
         })
         .collect()
-}
-
-/// How many CPUs process `pid` may run on: the widest `Cpus_allowed_list` (`0-3,8`) of its
-/// threads (one thread may have pinned itself: a goroutine under `LockOSThread` did, in the
-/// tests).
-fn cpus_allowed(pid: u32) -> Option<u32> {
-    let count = |status: &str| -> Option<u32> {
-        let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim();
-        let mut n = 0u32;
-        for part in list.split(',').filter(|p| !p.is_empty()) {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-            n = n.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
-        }
-        Some(n)
-    };
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|s| count(&s))
-        .max()
 }
 
 /// Where process `pid` mapped `binary`'s first page, less that page's link-time address

@@ -51,6 +51,24 @@ impl TaskOffsets {
     }
 }
 
+/// The way from a task to its cgroups and their ids (see the probes' `TASK_CGROUPS` and
+/// neighbours), and whether a CFS group is throttled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupOffsets {
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    /// `css_set.subsys[cpu_cgrp_id]`, `css_set.subsys[cpuset_cgrp_id]`.
+    pub css_set_cpu: u32,
+    pub css_set_cpuset: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `cgroup.self.parent`.
+    pub cgroup_parent: u32,
+    pub cgroup_root: u32,
+    pub root_hierarchy_id: u32,
+}
+
 /// The kernel's BTF, loaded once.
 pub struct KernelBtf {
     btf: Btf,
@@ -92,6 +110,41 @@ impl KernelBtf {
             cfs_rq: self.member_offset(&task, "se.cfs_rq"),
             stack: self.member_offset(&task, "stack"),
             fsbase: self.member_offset(&task, "thread.fsbase"),
+        })
+    }
+
+    /// Offsets of the cgroup structures the probes walk; `None` when one is missing (a kernel
+    /// without cgroups, or one that changed them).
+    pub fn cgroup_offsets(&self) -> Option<CgroupOffsets> {
+        let field = |st: &str, path: &str| self.member_offset(&self.struct_named(st).ok()?, path);
+        let subsys = field("css_set", "subsys")?;
+        let controller = |name: &str| Some(subsys + 8 * self.enum_value("cgroup_subsys_id", name)?);
+        Some(CgroupOffsets {
+            task_cgroups: field("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: field("css_set", "dfl_cgrp")?,
+            css_set_cpu: controller("cpu_cgrp_id")?,
+            css_set_cpuset: controller("cpuset_cgrp_id")?,
+            css_cgroup: field("cgroup_subsys_state", "cgroup")?,
+            cgroup_kn: field("cgroup", "kn")?,
+            kernfs_node_id: field("kernfs_node", "id")?,
+            cgroup_parent: field("cgroup", "self.parent")?,
+            cgroup_root: field("cgroup", "root")?,
+            root_hierarchy_id: field("cgroup_root", "hierarchy_id")?,
+        })
+    }
+
+    /// `cfs_rq.throttle_count`: only with CPU bandwidth control (CONFIG_CFS_BANDWIDTH).
+    pub fn cfs_rq_throttle_count(&self) -> Option<u32> {
+        self.member_offset(&self.struct_named("cfs_rq").ok()?, "throttle_count")
+    }
+
+    /// The value of enumerator `name` of `enum enum_name`.
+    fn enum_value(&self, enum_name: &str, name: &str) -> Option<u32> {
+        self.btf.resolve_types_by_name(enum_name).ok()?.into_iter().find_map(|t| match t {
+            Type::Enum(e) => {
+                e.members.iter().find(|m| self.btf.resolve_name(*m).is_ok_and(|n| n == name)).map(|m| m.val())
+            }
+            _ => None,
         })
     }
 
@@ -269,6 +322,15 @@ mod tests {
         let o = k.task_offsets().unwrap();
         assert!(o.pid > 0 && o.tgid > o.pid - 8 && o.comm > 0, "{o:?}");
         assert!(o.vruntime.is_some() && o.weight.is_some() && o.cpu.is_some(), "{o:?}");
+    }
+
+    #[test]
+    fn finds_the_way_to_cgroups() {
+        let Some(k) = kernel() else { return };
+        let o = k.cgroup_offsets().expect("cgroup structures in BTF");
+        // subsys[] is an array of pointers; cpuset and cpu are its first two controllers.
+        assert!(o.css_set_cpu.abs_diff(o.css_set_cpuset) == 8, "{o:?}");
+        assert!(k.cfs_rq_throttle_count().is_some());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! records to the sink thread that writes the trace file. Stop on the command's exit, when every
 //! traced PID is gone, after a duration, or on SIGINT/SIGTERM, and always leave a complete file.
 
+pub mod cgroups;
 pub mod go;
 pub mod host;
 pub mod kernel_btf;
@@ -92,6 +93,10 @@ pub enum RecordError {
     Trace(#[from] TraceError),
     #[error(transparent)]
     Usdt(#[from] usdt::UsdtError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Writing the trace failed (a full disk): what the file holds and what it lacks.
@@ -118,8 +123,10 @@ pub struct WriteFailed {
 #[derive(Clone, Debug)]
 pub struct RecordOptions {
     pub output: PathBuf,
-    /// Processes to trace; with no PID and no command, the whole system.
+    /// Processes to trace; with no PID, command or cgroup, the whole system.
     pub pids: Vec<u32>,
+    /// Cgroup directories whose processes (and those of the cgroups below) to trace.
+    pub cgroups: Vec<PathBuf>,
     /// A command to start and trace with all its descendants.
     pub command: Vec<OsString>,
     /// Variables added to the command's environment.
@@ -211,6 +218,17 @@ impl RecordSummary {
 pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     check_preconditions(&opts)?;
     let kernel = KernelFacts::read()?;
+    // The cgroup hierarchies, and the cgroups to trace (filtered in the kernel).
+    let hierarchies = cgroups::Hierarchies::read();
+    let filter_cgroups =
+        opts.cgroups.iter().map(|path| hierarchies.filter_key(path)).collect::<Result<Vec<_>, _>>()?;
+    if !filter_cgroups.is_empty() && kernel.cgroups.is_none() {
+        return Err(RecordError::Btf {
+            what: "this kernel's BTF lacks the cgroup structures `record --cgroup` reads \
+                   (task_struct.cgroups, css_set, cgroup, kernfs_node)"
+                .into(),
+        });
+    }
 
     // Targets. A command is forked now and held before exec until the probes are attached; if
     // anything below fails, dropping it makes the child exit without running the command.
@@ -230,6 +248,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let target = match &command {
         Some(c) => TraceTarget::Command { argv: c.argv().to_vec(), pid: c.pid() },
         None if !opts.pids.is_empty() => TraceTarget::Pids { pids: opts.pids.clone() },
+        None if !opts.cgroups.is_empty() => {
+            TraceTarget::Cgroups { paths: opts.cgroups.iter().map(|p| p.display().to_string()).collect() }
+        }
         None => TraceTarget::SystemWide,
     };
     let filter_pids: Vec<u32> = command.as_ref().map(|c| vec![c.pid()]).unwrap_or_else(|| opts.pids.clone());
@@ -282,6 +303,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let config = ProbeConfig {
         filter_pids: !system_wide,
         follow_children: command.is_some(),
+        filter_cgroups: !filter_cgroups.is_empty(),
+        cgroups: kernel.cgroups,
+        throttle_count: kernel.throttle_count,
         self_pid: std::process::id(),
         ring_buffer_bytes: opts.ring_buffer_bytes,
         filter_table_entries: 16384,
@@ -295,6 +319,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut probes = Probes::load(&config)?;
     for &pid in &filter_pids {
         probes.trace_pid(pid)?;
+    }
+    for &key in &filter_cgroups {
+        probes.trace_cgroup(key)?;
     }
     for (pid, layout) in go_layouts {
         probes.follow_goroutines(pid, layout)?;
@@ -316,11 +343,26 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| RecordError::Drain(e.into()))?;
 
-    let initial_tasks = if system_wide {
-        procfs::scan_all(start_ns)
+    // The processes already in the traced cgroups: the probes take in those created or moved
+    // in from now on, and each of these gets a record saying it is traced from the start.
+    let mut cgroup_pids: Vec<u32> = opts.cgroups.iter().flat_map(|d| cgroups::processes_under(d)).collect();
+    cgroup_pids.sort_unstable();
+    cgroup_pids.dedup();
+    cgroup_pids.retain(|&p| p != std::process::id());
+    for &pid in &cgroup_pids {
+        probes.trace_pid(pid)?;
+    }
+    let traced_at_start: Vec<u32> = if system_wide {
+        procfs::all_pids()
     } else {
-        filter_pids.iter().flat_map(|&p| procfs::scan_process(p, start_ns)).collect()
+        filter_pids.iter().chain(&cgroup_pids).copied().collect()
     };
+    let initial_tasks: Vec<_> =
+        traced_at_start.iter().flat_map(|&p| procfs::scan_process(p, start_ns)).collect();
+    let mut cgroup_watch = cgroups::CgroupWatch::new(hierarchies);
+    for &pid in &traced_at_start {
+        cgroup_watch.scan_process(pid, start_ns);
+    }
     let stats = Arc::new(SinkStats::default());
     let (tx, rx) = mpsc::channel::<SinkMsg>(64);
     let sink = {
@@ -340,6 +382,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     if let Some(table) = go_programs.table(true) {
         let _ = tx.try_send(SinkMsg::Go(table));
     }
+    if let Some(table) = cgroup_watch.take(start_ns) {
+        let _ = tx.try_send(SinkMsg::Cgroups(table));
+    }
 
     if let Some(c) = command.as_mut() {
         c.release()?;
@@ -350,6 +395,10 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             None if !opts.pids.is_empty() => {
                 let pids: Vec<String> = opts.pids.iter().map(u32::to_string).collect();
                 format!("PID {}", pids.join(", "))
+            }
+            None if !opts.cgroups.is_empty() => {
+                let dirs: Vec<String> = opts.cgroups.iter().map(|d| d.display().to_string()).collect();
+                format!("the processes of cgroup {} and below", dirs.join(", "))
             }
             None => "the whole system".to_string(),
         };
@@ -368,6 +417,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             stack_kinds: stack_kinds(&opts.stacks),
             go: go_programs,
             go_checked: Default::default(),
+            cgroups: cgroup_watch,
             stop_ns: u64::MAX,
         },
         tx,
@@ -375,6 +425,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         stats: stats.clone(),
         started,
     };
+    for &pid in &cgroup_pids {
+        let flags = sched_trace_abi::cgroup_flags::SCAN | sched_trace_abi::cgroup_flags::FILTER_IN;
+        let none = [(0, 0); sched_trace_abi::cgroup_slot::COUNT];
+        session.drained.batch.extend(crate::trace::synthetic::cgroup(start_ns, pid, pid, flags, none));
+    }
     let run = session.run(&opts, &mut probes, &mut usdt, command.as_mut(), &mut watched).await;
     // When recording stopped (detaching the probes below takes a while: uprobes wait for RCU).
     let stopped_ns = host::monotonic_ns();
@@ -389,6 +444,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let _ = session.flush().await;
     if let Some(table) = session.drained.go.table(true) {
         let _ = session.send(SinkMsg::Go(table)).await;
+    }
+    if let Some(table) = session.drained.cgroups.take(stopped_ns) {
+        let _ = session.send(SinkMsg::Cgroups(table)).await;
     }
     if let Some(map) = &stack_map {
         session.send_stacks(map).await;
@@ -455,6 +513,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
 /// Checks what can be checked before touching the kernel or the file system.
 fn check_preconditions(opts: &RecordOptions) -> Result<(), RecordError> {
+    if !opts.cgroups.is_empty() && (!opts.pids.is_empty() || !opts.command.is_empty()) {
+        return Err(RecordError::Options(
+            "--cgroup chooses what to trace by itself: it cannot be combined with a command or --pid".into(),
+        ));
+    }
     let missing = privileges::missing_capabilities().map_err(RecordError::Capabilities)?;
     if !missing.is_empty() {
         return Err(RecordError::MissingCapability { missing });
@@ -480,6 +543,8 @@ struct KernelFacts {
     pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
     /// Offset of `pt_regs.orig_ax` (tells interrupts from syscalls).
     orig_ax: Option<u32>,
+    cgroups: Option<kernel_btf::CgroupOffsets>,
+    throttle_count: Option<u32>,
 }
 
 impl KernelFacts {
@@ -505,6 +570,8 @@ impl KernelFacts {
             mmap,
             pt_regs,
             orig_ax,
+            cgroups: btf.cgroup_offsets(),
+            throttle_count: btf.cfs_rq_throttle_count(),
         })
     }
 }
@@ -811,6 +878,9 @@ const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 /// After the command exits, keep draining this long so its last switches are in the trace.
 /// How long into a recording the Go processes' layouts are checked on the live process (a
 /// launched command needs a moment to start its runtime).
+/// How often the `cpu.stat` of cgroups with a CPU quota is read: a tenth of the default
+/// period (100 ms), to place each throttled stretch within its period.
+const THROTTLE_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 const GO_CHECK_AFTER: Duration = Duration::from_millis(200);
 const EXIT_GRACE: Duration = Duration::from_millis(50);
 /// After forwarding a signal to the command, wait this long for it to exit.
@@ -842,6 +912,8 @@ impl Session {
         let mut sigterm = signal(SignalKind::terminate()).map_err(RecordError::Signals)?;
         let mut tick = tokio::time::interval(BATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut throttle_tick = tokio::time::interval(THROTTLE_SAMPLE_INTERVAL);
+        throttle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_status = Instant::now();
         let deadline = opts.duration.map(|d| self.started + d);
         let mut exited_pids = Vec::new();
@@ -876,6 +948,9 @@ impl Session {
                     self.flush().await?;
                     self.scan_mappings().await?;
                     self.check_go_programs(probes).await?;
+                    if let Some(table) = self.drained.cgroups.take(host::monotonic_ns()) {
+                        self.send(SinkMsg::Cgroups(table)).await?;
+                    }
                     if last_status.elapsed() >= Duration::from_secs(1) {
                         last_status = Instant::now();
                         if let Ok(d) = self.losses(false) {
@@ -884,6 +959,9 @@ impl Session {
                             self.send(SinkMsg::Drops(d)).await?;
                         }
                     }
+                }
+                _ = throttle_tick.tick(), if self.drained.cgroups.sampling() => {
+                    self.drained.cgroups.sample(host::monotonic_ns());
                 }
                 status = wait_command(command.as_deref_mut()), if waiting_for_command => {
                     let status = status?;
@@ -1142,6 +1220,8 @@ struct Drained {
     go: go::GoPrograms,
     /// ...and those whose layout was checked on the live process.
     go_checked: std::collections::HashSet<u32>,
+    /// The cgroups of the traced tasks.
+    cgroups: cgroups::CgroupWatch,
     /// When recording stopped (`u64::MAX` until then): later records are received (they count
     /// against the kernel's submitted counters) but not written.
     stop_ns: u64,
@@ -1185,6 +1265,12 @@ fn drain(ring: &mut RingBuf<MapData>, d: &mut Drained) -> Vec<u32> {
             if let Some(probe) = probe {
                 d.go.saw(pid(), probe, &args);
             }
+        }
+        if k == kind::CGROUP
+            && let Ok(crate::trace::event::Decoded::Event(e, _)) = crate::trace::event::decode(&item)
+            && let crate::trace::EventKind::Cgroup(c) = e.kind
+        {
+            d.cgroups.change(e.ts, e.tid, e.pid, &c);
         }
         if k == kind::MMAP_EXEC
             && let Some(m) = d.mappings.as_mut()

@@ -18,7 +18,10 @@ use aya::{
 };
 use sched_trace_abi::{MAX_USDT_PROBES, UsdtSpec, names};
 
-use super::{RecordError, kernel_btf::TaskOffsets};
+use super::{
+    RecordError,
+    kernel_btf::{CgroupOffsets, TaskOffsets},
+};
 use crate::trace::DropCounters;
 
 /// The kernel programs' object, built by `build.rs` from `ebpf-probes/kernel`.
@@ -38,6 +41,7 @@ enum AttachPoint {
 /// are followed from the first moment.
 const PROGRAMS: &[(&str, AttachPoint)] = &[
     ("sched_process_fork", AttachPoint::Btf("sched_process_fork")),
+    ("cgroup_attach_task", AttachPoint::Btf("cgroup_attach_task")),
     ("sched_process_exec", AttachPoint::Btf("sched_process_exec")),
     ("sched_process_exit", AttachPoint::Btf("sched_process_exit")),
     ("task_rename", AttachPoint::Btf("task_rename")),
@@ -73,6 +77,7 @@ pub const RAW_TRACEPOINT_PROTOTYPES: &[(&str, &[&str])] = &[
     ("sched_process_exec", &["struct task_struct *", "pid_t"]),
     ("sched_process_exit", &["struct task_struct *", "bool"]),
     ("task_rename", &["struct task_struct *", "char *"]),
+    ("cgroup_attach_task", &["struct cgroup *", "char *", "struct task_struct *", "bool"]),
 ];
 
 /// Field offsets of the epoll syscall tracepoints (identical for the three wait calls).
@@ -99,6 +104,13 @@ pub struct ProbeConfig {
     pub filter_pids: bool,
     /// Add child processes of traced processes to the filter.
     pub follow_children: bool,
+    /// Trace the processes of the cgroups added with [`Probes::trace_cgroup`] (and of their
+    /// descendants): the probes add them to the pid filter as they are created or moved in.
+    pub filter_cgroups: bool,
+    /// The way from a task to its cgroups (`None`: cgroups are not recorded).
+    pub cgroups: Option<CgroupOffsets>,
+    /// `cfs_rq.throttle_count` (`None`: throttled switch-outs are not told apart).
+    pub throttle_count: Option<u32>,
     /// The recorder's own process, never traced.
     pub self_pid: u32,
     pub ring_buffer_bytes: u32,
@@ -168,6 +180,20 @@ impl Probes {
         let cfs_rq = config.task.cfs_rq.unwrap_or(none);
         let stack = config.task.stack.unwrap_or(none);
         let fsbase = config.task.fsbase.unwrap_or(none);
+        let c = config.cgroups;
+        let cg = |f: fn(&CgroupOffsets) -> u32| c.as_ref().map_or(none, f);
+        let (task_cgroups, dfl_cgrp, css_cpu, css_cpuset) = (
+            cg(|c| c.task_cgroups),
+            cg(|c| c.css_set_dfl_cgrp),
+            cg(|c| c.css_set_cpu),
+            cg(|c| c.css_set_cpuset),
+        );
+        let (css_cgroup, cgroup_kn, kn_id) =
+            (cg(|c| c.css_cgroup), cg(|c| c.cgroup_kn), cg(|c| c.kernfs_node_id));
+        let (cgroup_parent, cgroup_root, hierarchy_id) =
+            (cg(|c| c.cgroup_parent), cg(|c| c.cgroup_root), cg(|c| c.root_hierarchy_id));
+        let throttle_count = config.throttle_count.unwrap_or(none);
+        let filter_cgroups = config.filter_cgroups as u8;
         let orig_ax = config.orig_ax.unwrap_or(none);
         let ip = config.ip.unwrap_or(none);
         // Wake the reader when an eighth of the ring buffer is waiting; it drains on a timer
@@ -193,6 +219,18 @@ impl Probes {
             .override_global("TASK_CFS_RQ", &cfs_rq, true)
             .override_global("TASK_STACK", &stack, true)
             .override_global("TASK_FSBASE", &fsbase, true)
+            .override_global("TASK_CGROUPS", &task_cgroups, true)
+            .override_global("CSS_SET_DFL_CGRP", &dfl_cgrp, true)
+            .override_global("CSS_SET_CPU", &css_cpu, true)
+            .override_global("CSS_SET_CPUSET", &css_cpuset, true)
+            .override_global("CSS_CGROUP", &css_cgroup, true)
+            .override_global("CGROUP_KN", &cgroup_kn, true)
+            .override_global("KERNFS_NODE_ID", &kn_id, true)
+            .override_global("CGROUP_PARENT", &cgroup_parent, true)
+            .override_global("CGROUP_ROOT", &cgroup_root, true)
+            .override_global("CGROUP_ROOT_HIERARCHY_ID", &hierarchy_id, true)
+            .override_global("CFS_RQ_THROTTLE_COUNT", &throttle_count, true)
+            .override_global("FILTER_CGROUPS", &filter_cgroups, true)
             .override_global("PT_REGS_ORIG_AX", &orig_ax, true)
             .override_global("PT_REGS_IP", &ip, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -259,6 +297,17 @@ impl Probes {
         let mut pids: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(map).map_err(|e| map_error(names::TRACED_PIDS_MAP, e))?;
         pids.insert(pid, 1, 0).map_err(|e| map_error(names::TRACED_PIDS_MAP, e))
+    }
+
+    /// Traces the processes of cgroup `key` and of its descendants (with `filter_cgroups`).
+    pub fn trace_cgroup(&mut self, key: sched_trace_abi::CgroupKey) -> Result<(), RecordError> {
+        let map = self
+            .bpf
+            .map_mut(names::CGROUP_FILTER_MAP)
+            .ok_or_else(|| missing_map(names::CGROUP_FILTER_MAP))?;
+        let mut cgroups: BpfHashMap<_, sched_trace_abi::CgroupKey, u8> =
+            BpfHashMap::try_from(map).map_err(|e| map_error(names::CGROUP_FILTER_MAP, e))?;
+        cgroups.insert(key, 1, 0).map_err(|e| map_error(names::CGROUP_FILTER_MAP, e))
     }
 
     /// Whether the probes can read goroutines on this kernel.

@@ -18,13 +18,10 @@ pub fn scan_process(pid: u32, ts: u64) -> Vec<TaskEntry> {
         .collect()
 }
 
-/// Every thread of every process.
-pub fn scan_all(ts: u64) -> Vec<TaskEntry> {
+/// Every process.
+pub fn all_pids() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .flat_map(|pid| scan_process(pid, ts))
-        .collect()
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
 }
 
 /// Process and name of thread `tid`, if it still exists.
@@ -34,6 +31,37 @@ pub fn lookup(tid: u32) -> Option<(u32, Comm)> {
     let pid = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()?;
     let comm = read_comm(&dir.join("comm"))?;
     Some((pid, comm))
+}
+
+/// The CPUs any thread of process `pid` may run on: the union of its threads'
+/// `Cpus_allowed_list` (one thread may have pinned itself, as a goroutine under
+/// `LockOSThread` does in the tests; the process as a whole may still use the rest).
+pub fn cpus_allowed(pid: u32) -> Option<Vec<u32>> {
+    let mut cpus: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| parse_cpu_list(s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim()))
+        .flatten()
+        .collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// A CPU list as the kernel writes them (`0-3,8`); `None` when it is not one.
+pub fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        // No list of a real machine's CPUs is longer than this.
+        if b < a || b - a > 1 << 16 {
+            return None;
+        }
+        out.extend(a..=b);
+    }
+    Some(out)
 }
 
 fn read_comm(path: &Path) -> Option<Comm> {
@@ -52,5 +80,14 @@ mod tests {
         assert!(found.iter().any(|t| t.tid == me && t.pid == me && t.ts == 7));
         assert_eq!(lookup(me).map(|(pid, _)| pid), Some(me));
         assert!(lookup(u32::MAX - 1).is_none());
+        assert!(cpus_allowed(me).is_some_and(|c| !c.is_empty()));
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,8"), Some(vec![0, 1, 2, 3, 8]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
     }
 }

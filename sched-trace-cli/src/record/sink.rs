@@ -47,6 +47,8 @@ pub enum SinkMsg {
     KernelSymbols(KernelSymbols),
     /// Traced Go programs and the start functions of their goroutines.
     Go(crate::trace::format::GoChunk),
+    /// What the recorder learned about the traced tasks' cgroups.
+    Cgroups(crate::trace::format::CgroupsChunk),
 }
 
 /// Progress, shared with the status line.
@@ -127,6 +129,7 @@ impl Sink {
                 }
                 SinkMsg::KernelSymbols(k) => self.writer.write_kernel_symbols(&k)?,
                 SinkMsg::Go(g) => self.writer.write_go(&g)?,
+                SinkMsg::Cgroups(c) => self.writer.write_cgroups(&c)?,
                 SinkMsg::Drops(d) => {
                     if self.last_drops.as_ref() != Some(&d) {
                         self.writer.write_drops(&d)?;

@@ -1,6 +1,7 @@
 //! `sched-trace report`: the correlation's numbers, per thread and per process, as text or JSON.
 //! Lost events are part of every report, never hidden.
 
+pub mod cgroups;
 pub mod tasks;
 pub mod text;
 
@@ -36,6 +37,10 @@ pub struct Report {
     pub tasks: Option<TaskSection>,
     /// What CFS did on each CPU (to the traced threads).
     pub cpus: Vec<CpuReport>,
+    /// The traced threads by cgroup (of the hierarchy with the `cpu` controller): CPU used
+    /// against the quota, throttling, run-queue latency, and preemptions by other cgroups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<cgroups::CgroupReport>,
     /// Samples of every metric (completed waits and runs, see `correlate::samples`) of the
     /// selected threads and tasks: what a heat map of that metric counts.
     pub samples: BTreeMap<&'static str, u64>,
@@ -189,6 +194,8 @@ pub struct OffCpuReport {
     pub total_ns: u64,
     /// Runnable, waiting for a CPU.
     pub runqueue_ns: u64,
+    /// Runnable, but its cgroup was throttled (out of CPU quota).
+    pub throttled_ns: u64,
     pub sleeping_ns: u64,
     pub epoll_ns: u64,
     /// Uninterruptible or otherwise blocked.
@@ -218,6 +225,8 @@ pub struct ThreadReport {
     pub on_cpu_ns: u64,
     pub off_cpu: OffCpuReport,
     pub runqueue_latency: Latency,
+    /// Waits of a throttled cgroup: switch-out at the end of its quota → switch-in.
+    pub throttled: Durations,
     /// Interruptible sleeps (outside epoll) ended by a wake-up: switch-out → wake-up.
     pub sleeps: Durations,
     pub switches: Switches,
@@ -242,6 +251,12 @@ pub struct ProcessReport {
     pub pid: u32,
     pub comm: String,
     pub threads: u32,
+    /// The CPUs its threads' affinities allow (within its cpuset), when the trace says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usable_cpus: Option<u32>,
+    /// Its cgroup's CPU quota in CPUs (the tightest along its ancestry), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_cpus: Option<f64>,
     pub on_cpu_ns: u64,
     pub off_cpu: OffCpuReport,
     pub runqueue_latency: Latency,
@@ -288,6 +303,7 @@ impl Report {
                     on_cpu_ns: t.on_cpu_ns,
                     off_cpu: off_cpu(&[t]),
                     runqueue_latency: latency(&[t]),
+                    throttled: Durations::of(t.throttled_waits_ns.clone()),
                     sleeps: Durations::of(t.sleeps_ns.clone()),
                     switches: Switches {
                         voluntary: t.voluntary_switches,
@@ -311,6 +327,7 @@ impl Report {
         for t in &selected {
             by_pid.entry(t.pid).or_default().push(t);
         }
+        let membership = c.tables.cgroups.membership();
         let mut processes: Vec<ProcessReport> = by_pid
             .into_iter()
             .map(|(pid, ts)| {
@@ -326,10 +343,13 @@ impl Report {
                     .or_else(|| ts.iter().find_map(|t| names.last(t.tid)))
                     .map(|(c, _)| c.to_string())
                     .unwrap_or_else(|| "?".into());
+                let (usable_cpus, quota_cpus) = cgroups::process_cpus(&c.tables.cgroups, &membership, pid);
                 ProcessReport {
                     pid,
                     comm,
                     threads: ts.len() as u32,
+                    usable_cpus,
+                    quota_cpus,
                     on_cpu_ns: sum(ts.iter().map(|t| t.on_cpu_ns)),
                     off_cpu: off_cpu(&ts),
                     runqueue_latency: latency(&ts),
@@ -436,6 +456,7 @@ impl Report {
                 .into_iter()
                 .filter(|r| filter.cpu.is_none_or(|cpu| cpu == r.cpu))
                 .collect(),
+            cgroups: cgroups::build(c, &selected, &names, filter.window(info.start_ns)),
             filter: filter.clone(),
         }
     }
@@ -444,16 +465,17 @@ impl Report {
 fn off_cpu(ts: &[&ThreadStats]) -> OffCpuReport {
     let mut o = OffCpuReport {
         runqueue_ns: sum(ts.iter().map(|t| t.runqueue_ns)),
+        throttled_ns: sum(ts.iter().map(|t| t.throttled_ns)),
         sleeping_ns: sum(ts.iter().map(|t| t.sleeping_ns)),
         epoll_ns: sum(ts.iter().map(|t| t.epoll_ns)),
         other_ns: sum(ts.iter().map(|t| t.blocked_ns)),
         total_ns: 0,
     };
-    o.total_ns = sum([o.runqueue_ns, o.sleeping_ns, o.epoll_ns, o.other_ns]);
+    o.total_ns = sum([o.runqueue_ns, o.throttled_ns, o.sleeping_ns, o.epoll_ns, o.other_ns]);
     o
 }
 
-fn latency(ts: &[&ThreadStats]) -> Latency {
+pub(crate) fn latency(ts: &[&ThreadStats]) -> Latency {
     let mut all: Vec<u64> = ts.iter().flat_map(|t| t.latencies_ns.iter().copied()).collect();
     if all.is_empty() {
         return Latency::default();

@@ -18,11 +18,23 @@ pub fn render(report: &Report, limit: usize) -> String {
     let total = report.processes.len();
     let _ = writeln!(out, "Processes by on-CPU time{}", shown(limit, total));
     let mut rows = vec![row_header("PID", "COMM", Some("THREADS"))];
+    // Usable CPUs next to the thread count, when the trace says: more busy threads than CPUs
+    // shows at a glance.
+    let with_cpus = report.processes.iter().any(|p| p.usable_cpus.is_some());
     for p in report.processes.iter().take(limit) {
+        let threads = match (with_cpus, p.usable_cpus, p.quota_cpus) {
+            (false, ..) => p.threads.to_string(),
+            (true, cpus, quota) => format!(
+                "{} on {}{}",
+                p.threads,
+                cpus.map_or("?".into(), |c| c.to_string()),
+                quota.map_or(String::new(), |q| format!(" (quota {q:.2})"))
+            ),
+        };
         rows.push(row(
             p.pid.to_string(),
             &p.comm,
-            Some(p.threads.to_string()),
+            Some(threads),
             p.on_cpu_ns,
             &p.off_cpu,
             &p.runqueue_latency,
@@ -32,7 +44,10 @@ pub fn render(report: &Report, limit: usize) -> String {
             p.wakers.first().map(|w| format!("{} ({})", w.comm, count(w.count))),
         ));
     }
-    table(&mut out, &rows);
+    if with_cpus {
+        rows[0][2] = "THREADS on CPUS".into();
+    }
+    table(&mut out, &without_empty_throttled(rows));
     let _ = writeln!(out);
 
     let total = report.threads.len();
@@ -55,7 +70,7 @@ pub fn render(report: &Report, limit: usize) -> String {
             }),
         ));
     }
-    table(&mut out, &rows);
+    table(&mut out, &without_empty_throttled(rows));
     if !report.user_probes.is_empty() {
         // One line per probe name (a probe can have several sites).
         let mut hits: std::collections::BTreeMap<String, (u64, usize)> = Default::default();
@@ -76,11 +91,19 @@ pub fn render(report: &Report, limit: usize) -> String {
         render_tasks(&mut out, tasks, limit);
     }
     render_cpus(&mut out, &report.cpus);
+    render_cgroups(&mut out, &report.cgroups, limit);
     let _ = writeln!(
         out,
         "\nRUNQ: waiting for a CPU after a wake-up or preemption; LAT: run-queue latency \
          (runnable → running); VOL/INVOL: voluntary/involuntary switches; MIGR: CPU migrations."
     );
+    if report.processes.iter().any(|p| p.off_cpu.throttled_ns > 0) {
+        let _ = writeln!(
+            out,
+            "THROTTLED: runnable, but switched out because its cgroup ran out of CPU quota (not in RUNQ \
+             nor in LAT)."
+        );
+    }
     if report.tasks.is_some() {
         let _ = writeln!(
             out,
@@ -405,6 +428,7 @@ fn header(out: &mut String, r: &Report) {
             format!("PID {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
         }
         TraceTarget::Command { argv, pid } => format!("`{}` (PID {pid}) and its descendants", argv.join(" ")),
+        TraceTarget::Cgroups { paths } => format!("the processes of cgroup {} and below", paths.join(", ")),
     };
     let _ = writeln!(out, "  target:    {target}");
     let span = match t.window_s {
@@ -505,9 +529,23 @@ fn header(out: &mut String, r: &Report) {
     }
 }
 
-const COLUMNS: [&str; 15] = [
-    "", "", "", "ON-CPU", "RUNQ", "SLEEP", "EPOLL", "OTHER", "LAT n", "LAT p50", "LAT p99", "LAT max", "VOL",
-    "INVOL", "MIGR",
+const COLUMNS: [&str; 16] = [
+    "",
+    "",
+    "",
+    "ON-CPU",
+    "RUNQ",
+    "THROTTLED",
+    "SLEEP",
+    "EPOLL",
+    "OTHER",
+    "LAT n",
+    "LAT p50",
+    "LAT p99",
+    "LAT max",
+    "VOL",
+    "INVOL",
+    "MIGR",
 ];
 
 fn row_header(id: &str, name: &str, extra: Option<&str>) -> Vec<String> {
@@ -539,6 +577,7 @@ fn row(
         extra.unwrap_or_default(),
         d(on_cpu),
         d(off.runqueue_ns),
+        d(off.throttled_ns),
         d(off.sleeping_ns),
         d(off.epoll_ns),
         d(off.other_ns),
@@ -551,6 +590,107 @@ fn row(
         count(migr),
         waker.unwrap_or_else(|| "-".into()),
     ]
+}
+
+/// Index of the THROTTLED column in the process and thread tables.
+const THROTTLED_COLUMN: usize = 5;
+
+/// The rows without the THROTTLED column when no row has throttled time (no CPU quota ran out).
+fn without_empty_throttled(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    if rows.iter().skip(1).all(|r| r.get(THROTTLED_COLUMN).is_none_or(|c| c == "-")) {
+        for r in &mut rows {
+            if r.len() > THROTTLED_COLUMN {
+                r.remove(THROTTLED_COLUMN);
+            }
+        }
+    }
+    rows
+}
+
+fn render_cgroups(out: &mut String, cgroups: &[super::cgroups::CgroupReport], limit: usize) {
+    if cgroups.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nCgroups (of the cpu controller) by on-CPU time{}", shown(limit, cgroups.len()));
+    let mut rows = vec![cells(&[
+        "",
+        "CGROUP",
+        "PROCS",
+        "THREADS",
+        "ON-CPU",
+        "CPUS",
+        "SHARE",
+        "QUOTA",
+        "WEIGHT",
+        "CPUSET",
+        "PERIODS",
+        "THROTTLED",
+        "THR TIME",
+        "THR WAITS",
+        "WAIT p50",
+        "WAIT max",
+        "LAT p50",
+        "LAT p99",
+        "PREEMPTED BY",
+    ])];
+    for g in cgroups.iter().take(limit) {
+        let t = g.throttling.as_ref();
+        let cpus = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.2}"));
+        let quota = match (g.quota_cpus, g.effective_quota_cpus) {
+            (Some(q), _) => cpus(Some(q)),
+            (None, Some(e)) => format!("({e:.2})"),
+            (None, None) => "-".into(),
+        };
+        let preempted_by: Vec<String> =
+            g.preempted_by.iter().take(2).map(|(p, n)| format!("{p} ({})", count(*n))).collect();
+        rows.push(vec![
+            String::new(),
+            g.path.clone(),
+            g.processes.to_string(),
+            g.threads.to_string(),
+            dash(g.on_cpu_ns),
+            format!("{:.2}", g.cpus_used),
+            format!("{:.1}%", g.share * 100.0),
+            quota,
+            g.weight.or(g.shares).map_or("-".into(), |w| w.to_string()),
+            g.cpuset.clone().unwrap_or_else(|| "-".into()),
+            t.map_or("-".into(), |t| count(t.periods)),
+            t.map_or("-".into(), |t| count(t.throttled_periods)),
+            t.map_or("-".into(), |t| dash(t.throttled_ns)),
+            count(g.throttled_waits.count),
+            dash(g.throttled_waits.p50_ns),
+            dash(g.throttled_waits.max_ns),
+            dash(g.runqueue_latency.p50_ns),
+            dash(g.runqueue_latency.p99_ns),
+            if preempted_by.is_empty() { "-".into() } else { preempted_by.join(", ") },
+        ]);
+    }
+    table(out, &rows);
+    let throttled: Vec<String> = cgroups
+        .iter()
+        .take(limit)
+        .filter(|g| !g.throttled_threads.is_empty())
+        .map(|g| {
+            let who: Vec<String> = g
+                .throttled_threads
+                .iter()
+                .map(|t| format!("{}/{} {}× {}", t.comm, t.tid, count(t.waits), duration_ns(t.throttled_ns)))
+                .collect();
+            format!("  {}: {}", g.path, who.join(", "))
+        })
+        .collect();
+    if !throttled.is_empty() {
+        let _ = writeln!(out, "  Running when the quota ran out (throttled waits, time):");
+        for line in throttled {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  CPUS: CPUs used on average; QUOTA: its CPU quota in CPUs ((x): an ancestor's); PERIODS, \
+         THROTTLED, THR TIME: from its cpu.stat (throttled time summed over CPUs); THR WAITS: its \
+         threads' waits from a throttled switch-out to the next run."
+    );
 }
 
 /// Writes rows with every column as wide as its widest cell: text columns (1 and the last) left

@@ -143,11 +143,28 @@ pub enum EventKind {
         addr: u64,
         len: u64,
     },
+    /// Process `pid` (thread `tid` alone unless `threadgroup`) was created or moved and is in
+    /// these cgroups now (see [`sched_trace_abi::cgroup_slot`]; names in the trace's cgroup
+    /// table). The header's thread is that task, not the one the probe ran in.
+    Cgroup(CgroupChange),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupChange {
+    /// (hierarchy id, cgroup id) per slot; id 0: not read.
+    pub cgroups: [(u32, u64); sched_trace_abi::cgroup_slot::COUNT],
+    pub fork: bool,
+    pub threadgroup: bool,
+    /// The cgroup filter took the process in, or let it go.
+    pub filter_in: bool,
+    pub filter_out: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Switch {
     pub preempt: bool,
+    /// The outgoing thread stays runnable but its cgroup is throttled (out of CPU quota).
+    pub throttled: bool,
     pub prev_state: u32,
     pub prev_prio: i16,
     pub next_tid: u32,
@@ -242,6 +259,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
     let kind = match k {
         kind::SWITCH => EventKind::Switch(Switch {
             preempt: flags & switch_flags::PREEMPT != 0,
+            throttled: flags & switch_flags::THROTTLED != 0,
             next_tid: b.get_u32_le(),
             next_pid: b.get_u32_le(),
             prev_state: b.get_u32_le(),
@@ -316,6 +334,24 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             user_ip: b.get_u64_le(),
         },
         kind::MMAP_EXEC => EventKind::MmapExec { addr: b.get_u64_le(), len: b.get_u64_le() },
+        kind::CGROUP => {
+            let mut hierarchies = [0u32; abi::cgroup_slot::COUNT];
+            for h in &mut hierarchies {
+                *h = b.get_u32_le();
+            }
+            b.advance(4);
+            let mut cgroups = [(0u32, 0u64); abi::cgroup_slot::COUNT];
+            for (c, h) in cgroups.iter_mut().zip(hierarchies) {
+                *c = (h, b.get_u64_le());
+            }
+            EventKind::Cgroup(CgroupChange {
+                cgroups,
+                fork: flags & abi::cgroup_flags::FORK != 0,
+                threadgroup: flags & abi::cgroup_flags::THREADGROUP != 0,
+                filter_in: flags & abi::cgroup_flags::FILTER_IN != 0,
+                filter_out: flags & abi::cgroup_flags::FILTER_OUT != 0,
+            })
+        }
         // record_size() knows exactly the kinds matched above.
         _ => return Ok(Decoded::Unknown { kind: k, size }),
     };
@@ -389,7 +425,7 @@ impl EventKind {
     /// off). A switch names its outgoing thread, which is handled with the switch itself; a
     /// rename may be done to another thread.
     pub fn proves_current(&self) -> bool {
-        !matches!(self, EventKind::Switch(_) | EventKind::Rename { .. })
+        !matches!(self, EventKind::Switch(_) | EventKind::Rename { .. } | EventKind::Cgroup(_))
     }
 }
 

@@ -68,6 +68,7 @@ pub enum ChunkKind {
     Mappings = 6,
     KernelSymbols = 7,
     Go = 8,
+    Cgroups = 9,
     End = 15,
 }
 
@@ -82,6 +83,7 @@ impl ChunkKind {
             6 => Self::Mappings,
             7 => Self::KernelSymbols,
             8 => Self::Go,
+            9 => Self::Cgroups,
             15 => Self::End,
             _ => return None,
         })
@@ -172,6 +174,9 @@ pub enum TraceTarget {
     Pids { pids: Vec<u32> },
     /// A command started by the recorder, and all its descendants.
     Command { argv: Vec<String>, pid: u32 },
+    /// The processes of these cgroups (directories) and of the cgroups below them, as they
+    /// come and go (`record --cgroup`).
+    Cgroups { paths: Vec<String> },
 }
 
 /// One executable mapping of a process (`/proc/PID/maps`, file-backed and executable).
@@ -243,6 +248,125 @@ pub struct GoProcess {
     /// `runtime._G*` statuses by value, and `runtime.waitReason*` names by value.
     pub statuses: std::collections::BTreeMap<u64, String>,
     pub wait_reasons: std::collections::BTreeMap<u64, String>,
+}
+
+/// What a recording learned about cgroups since its previous chunk of this kind: the cgroup
+/// hierarchies (in the first), cgroups and their CPU controls, which cgroup each traced task was
+/// in from when, samples of the cgroups' CPU throttling, and the CPUs each process could use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupsChunk {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hierarchies: Vec<CgroupHierarchy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<CgroupInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<CgroupMember>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<CpuStatSample>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessCpus>,
+}
+
+impl CgroupsChunk {
+    pub fn is_empty(&self) -> bool {
+        self.hierarchies.is_empty()
+            && self.cgroups.is_empty()
+            && self.members.is_empty()
+            && self.samples.is_empty()
+            && self.processes.is_empty()
+    }
+}
+
+/// One mounted cgroup hierarchy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupHierarchy {
+    /// `cgroup_root.hierarchy_id`, as `/proc/PID/cgroup` numbers it (0: the v2 hierarchy).
+    pub id: u32,
+    /// 1 or 2.
+    pub version: u8,
+    /// The controllers bound to it (`cpu`, `cpuset`, `name=systemd`, …).
+    pub controllers: Vec<String>,
+    pub mount: String,
+}
+
+/// A cgroup and its CPU controls, as read at `ts`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupInfo {
+    pub hierarchy: u32,
+    /// `kernfs_node.id`: the inode number of its directory.
+    pub id: u64,
+    /// Its path from the hierarchy's root (`/` is the root); empty when it was gone before it
+    /// could be named.
+    pub path: String,
+    pub ts: u64,
+    #[serde(default)]
+    pub cpu: CpuControls,
+}
+
+/// A cgroup's CPU controls (what its hierarchy's controllers have; `None`: not there).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuControls {
+    /// CPU time allowed per period, µs (`None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_us: Option<u64>,
+    /// v2 `cpu.weight` (1–10000, 100 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u64>,
+    /// v1 `cpu.shares` (1024 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<u64>,
+    /// The CPUs its cpuset lets it use (`cpuset.cpus.effective`, a list like `0-3,6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+}
+
+impl CpuControls {
+    /// The quota in CPUs (quota / period).
+    pub fn quota_cpus(&self) -> Option<f64> {
+        match (self.quota_us, self.period_us) {
+            (Some(q), Some(p)) if p > 0 => Some(q as f64 / p as f64),
+            _ => None,
+        }
+    }
+}
+
+/// From `ts` on, thread `tid` (0: every thread) of process `pid` was in cgroup `id` of
+/// hierarchy `hierarchy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupMember {
+    pub ts: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub hierarchy: u32,
+    pub id: u64,
+}
+
+/// A cgroup's CPU bandwidth counters (`cpu.stat`) at `ts`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuStatSample {
+    pub ts: u64,
+    pub hierarchy: u32,
+    pub id: u64,
+    /// Enforcement periods that had runnable tasks...
+    pub nr_periods: u64,
+    /// ...of which ended with the group throttled...
+    pub nr_throttled: u64,
+    /// ...and the time its run queues spent throttled (summed over CPUs), ns.
+    pub throttled_ns: u64,
+    /// CPU time used (v2 `usage_usec`), ns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_ns: Option<u64>,
+}
+
+/// The CPUs process `pid` could run on at `ts`: the union of its threads' affinities (which
+/// the kernel keeps within its cpuset).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessCpus {
+    pub pid: u32,
+    pub ts: u64,
+    pub cpus_allowed: Vec<u32>,
 }
 
 /// User-level probes attached during a recording.

@@ -2,6 +2,7 @@
 //!
 //! Everything after `record` is a pure function of a trace file, read through this module.
 
+pub mod cgroups;
 pub mod columnar;
 mod decode;
 pub mod event;
@@ -135,6 +136,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::USER_TASK => "user_task",
         kind::CPU_SAMPLE => "cpu_sample",
         kind::MMAP_EXEC => "mmap_exec",
+        kind::CGROUP => "cgroup_attach_task",
         _ => "unknown",
     }
 }

@@ -67,6 +67,8 @@ pub struct TraceTables {
     pub go_processes: Vec<super::format::GoProcess>,
     /// ...and the functions their goroutines started with, by (pid, start pc).
     pub go_start_functions: rustc_hash::FxHashMap<(u32, u64), String>,
+    /// Cgroups of the traced tasks, their CPU controls and throttling.
+    pub cgroups: super::cgroups::CgroupTables,
     /// Events handed out.
     pub events: u64,
     /// Events that did not fit the recording (impossible CPUs or ids: dropped; back in time:
@@ -352,6 +354,12 @@ impl<R: Read> TraceReader<R> {
                 for (pid, pc, name) in g.start_functions {
                     self.tables.go_start_functions.insert((pid, pc), name);
                 }
+            }
+            Some(ChunkKind::Cgroups) => {
+                let c: super::format::CgroupsChunk = serde_json::from_slice(&chunk.payload).map_err(|e| {
+                    self.corrupt(chunk.offset, format!("the cgroup table does not parse: {e}"))
+                })?;
+                self.tables.cgroups.merge(c);
             }
             Some(ChunkKind::End) => {
                 let end: EndInfo = serde_json::from_slice(&chunk.payload).map_err(|e| {

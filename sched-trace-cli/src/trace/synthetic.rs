@@ -17,6 +17,32 @@ pub fn header(kind: u8, size: usize, ts: u64, cpu: u16, tid: u32, pid: u32, flag
     RecordHeader { ts_ns: ts, kind, size: size as u8, cpu, tid, pid, flags }
 }
 
+/// A cgroup record about process `pid` (thread `tid`): flags are `cgroup_flags`, and
+/// `cgroups` the (hierarchy, id) of each `cgroup_slot`.
+pub fn cgroup(
+    ts: u64,
+    tid: u32,
+    pid: u32,
+    flags: u32,
+    cgroups: [(u32, u64); sched_trace_abi::cgroup_slot::COUNT],
+) -> Vec<u8> {
+    let r = sched_trace_abi::CgroupRecord {
+        header: header(
+            kind::CGROUP,
+            std::mem::size_of::<sched_trace_abi::CgroupRecord>(),
+            ts,
+            0,
+            tid,
+            pid,
+            flags,
+        ),
+        hierarchies: cgroups.map(|c| c.0),
+        _pad: 0,
+        ids: cgroups.map(|c| c.1),
+    };
+    bytes_of(&r)
+}
+
 /// `sched_switch` from `prev` to `next` (each `(tid, pid)`) on `cpu`.
 pub fn switch(
     ts: u64,

@@ -157,6 +157,12 @@ impl TraceWriter {
         self.write_chunk(ChunkKind::Go, &body)
     }
 
+    /// Records what the recorder learned about cgroups since the last such chunk.
+    pub fn write_cgroups(&mut self, c: &super::format::CgroupsChunk) -> Result<(), TraceError> {
+        let body = serde_json::to_vec(c).map_err(|e| TraceError::Encode(e.to_string()))?;
+        self.write_chunk(ChunkKind::Cgroups, &body)
+    }
+
     /// Records user-level probes attached during the recording (before any record of theirs).
     pub fn write_probes(&mut self, added: &[UserProbe], skipped: &[String]) -> Result<(), TraceError> {
         let chunk = ProbesChunk { added: added.to_vec(), skipped: skipped.to_vec() };
