@@ -8,11 +8,19 @@ use serde::Serialize;
 
 use crate::{
     correlate::{Sample, TaskStats, Window},
-    trace::TaskNames,
+    trace::{
+        TaskNames,
+        cgroups::{CgroupId, CgroupTables, Membership, path_under},
+    },
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Filter {
+    /// A cgroup (a directory, or a path from its hierarchy's root): the threads that were in it
+    /// or below it. Resolved against a trace's cgroup table by [`Filter::with_cgroups`].
+    pub cgroup: Option<String>,
+    #[serde(skip)]
+    pub cgroup_selection: Option<std::sync::Arc<CgroupSelection>>,
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     /// A user task id (with `pid` when several processes have one).
@@ -34,13 +42,37 @@ impl Filter {
 
     /// Whether thread `tid` of process `pid` is selected (CPUs and times aside).
     pub fn thread(&self, tid: u32, pid: u32, names: &TaskNames) -> bool {
-        self.pid.is_none_or(|p| p == pid) && self.tid.is_none_or(|t| t == tid) && self.named(tid, pid, names)
+        self.pid.is_none_or(|p| p == pid)
+            && self.tid.is_none_or(|t| t == tid)
+            && self.named(tid, pid, names)
+            && self.in_cgroup(tid, pid)
+    }
+
+    /// This filter with its `--cgroup` resolved against a trace's cgroup table (a cgroup the
+    /// trace does not have selects nothing; [`CgroupSelection::resolve`] tells why).
+    pub fn with_cgroups(&self, tables: &CgroupTables) -> Filter {
+        let mut f = self.clone();
+        if let Some(c) = &self.cgroup {
+            let selection = CgroupSelection::resolve(c, tables).unwrap_or_default();
+            f.cgroup_selection = Some(std::sync::Arc::new(selection));
+        }
+        f
+    }
+
+    fn in_cgroup(&self, tid: u32, pid: u32) -> bool {
+        match (&self.cgroup, &self.cgroup_selection) {
+            (None, _) => true,
+            (Some(_), Some(s)) => s.contains(tid, pid),
+            // Not resolved against the trace: nothing is known to be in it.
+            (Some(_), None) => false,
+        }
     }
 
     /// Whether a user task is selected: its process, its id, and a thread it ran on.
     pub fn task(&self, t: &TaskStats, names: &TaskNames) -> bool {
         self.pid.is_none_or(|p| p == t.pid)
             && self.task.is_none_or(|id| id == t.task)
+            && (self.cgroup.is_none() || t.run_intervals.iter().any(|r| self.in_cgroup(r.tid, t.pid)))
             && self.tid.is_none_or(|tid| t.run_intervals.iter().any(|r| r.tid == tid))
             && (self.comm.is_none()
                 || self.named(t.pid, t.pid, names)
@@ -61,6 +93,7 @@ impl Filter {
             && self.task.is_none()
             && self.cpu.is_none()
             && self.comm.is_none()
+            && self.cgroup.is_none()
     }
 
     /// The command-line flags that make this selection.
@@ -77,6 +110,7 @@ impl Filter {
         flag("task", self.task.map(|v| v.to_string()));
         flag("cpu", self.cpu.map(|v| v.to_string()));
         flag("comm", self.comm.clone());
+        flag("cgroup", self.cgroup.clone());
         flag("from", self.from_s.map(seconds));
         flag("to", self.to_s.map(seconds));
         out
@@ -88,6 +122,76 @@ pub fn seconds(s: f64) -> String {
     let text = format!("{s:.9}");
     let text = text.trim_end_matches('0');
     text.strip_suffix('.').map(|t| format!("{t}.0")).unwrap_or_else(|| text.to_string())
+}
+
+/// The cgroups a `--cgroup` names, and which cgroup each thread was in.
+#[derive(Clone, Debug, Default)]
+pub struct CgroupSelection {
+    /// The cgroups selected: the one named and those below it.
+    pub cgroups: rustc_hash::FxHashSet<CgroupId>,
+    membership: Membership,
+}
+
+impl PartialEq for CgroupSelection {
+    fn eq(&self, other: &Self) -> bool {
+        self.cgroups == other.cgroups
+    }
+}
+
+impl CgroupSelection {
+    /// The cgroups `name` selects: a directory under one of the recording's cgroup mounts
+    /// (`/sys/fs/cgroup/cpu/app`), or a path from a hierarchy's root (`/app`, in every
+    /// hierarchy), with the cgroups below it. An error says what the trace has instead.
+    pub fn resolve(name: &str, tables: &CgroupTables) -> Result<CgroupSelection, String> {
+        if tables.is_empty() {
+            return Err(
+                "the trace has no cgroup table (it was recorded by a sched-trace without cgroup support)"
+                    .into(),
+            );
+        }
+        let mount = tables
+            .hierarchies
+            .iter()
+            .filter(|h| path_under(name, &h.mount) && h.mount != "/")
+            .max_by_key(|h| h.mount.len());
+        let (only, path) = match mount {
+            Some(h) => (Some(h.id), format!("/{}", name[h.mount.len()..].trim_matches('/'))),
+            None => (None, name.to_string()),
+        };
+        let cgroups: rustc_hash::FxHashSet<CgroupId> = tables
+            .cgroups
+            .values()
+            .filter(|g| {
+                only.is_none_or(|h| h == g.hierarchy) && !g.path.is_empty() && path_under(&g.path, &path)
+            })
+            .map(|g| (g.hierarchy, g.id))
+            .collect();
+        if cgroups.is_empty() {
+            let mut known: Vec<String> = tables
+                .cgroups
+                .values()
+                .filter(|g| !g.path.is_empty())
+                .map(|g| match tables.hierarchy(g.hierarchy) {
+                    Some(h) => format!("{}{}", h.mount.trim_end_matches('/'), g.path.trim_end_matches('/')),
+                    None => g.path.clone(),
+                })
+                .collect();
+            known.sort();
+            known.dedup();
+            return Err(format!("the trace has no cgroup {name}; its cgroups are: {}", known.join(", ")));
+        }
+        Ok(CgroupSelection { cgroups, membership: tables.membership() })
+    }
+
+    /// Whether thread `tid` of `pid` was in a selected cgroup (at the end of the trace).
+    pub fn contains(&self, tid: u32, pid: u32) -> bool {
+        let mut hierarchies: Vec<u32> = self.cgroups.iter().map(|c| c.0).collect();
+        hierarchies.sort_unstable();
+        hierarchies.dedup();
+        hierarchies
+            .into_iter()
+            .any(|h| self.membership.of(h, tid, pid).is_some_and(|id| self.cgroups.contains(&(h, id))))
+    }
 }
 
 /// A [`Filter`] applied to samples in a hot loop: names are looked up once per thread.
@@ -117,11 +221,14 @@ impl<'a> SampleFilter<'a> {
         {
             return false;
         }
-        if f.comm.is_none() {
+        if f.comm.is_none() && f.cgroup.is_none() {
             return true;
         }
         let (filter, names) = (self.filter, self.names);
-        *self.named.entry((tid, pid)).or_insert_with(|| filter.named(tid, pid, names))
+        *self
+            .named
+            .entry((tid, pid))
+            .or_insert_with(|| filter.named(tid, pid, names) && filter.in_cgroup(tid, pid))
     }
 }
 

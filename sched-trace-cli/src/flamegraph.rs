@@ -108,10 +108,12 @@ pub struct Flame {
 /// Builds the flame graph of `path` that `spec` asks for.
 pub fn build(path: &Path, spec: &Spec) -> Result<Flame, FlameError> {
     let pre = crate::trace::prescan(path)?;
-    build_from(TraceReader::open(path)?, path, spec, &pre.tasks)
+    let spec = Spec { filter: spec.filter.with_cgroups(&pre.cgroups), ..spec.clone() };
+    build_from(TraceReader::open(path)?, path, &spec, &pre.tasks)
 }
 
-/// [`build`] over an open reader, with the trace's task table (for `--comm`).
+/// [`build`] over an open reader, with the trace's task table (for `--comm`); a `--cgroup` in
+/// the spec's filter must be resolved already ([`crate::filter::Filter::with_cgroups`]).
 pub fn build_from<R: std::io::Read>(
     mut reader: TraceReader<R>,
     path: &Path,

@@ -132,7 +132,7 @@ enum Command {
         format: Option<HeatmapFormat>,
         #[command(flatten)]
         filter: FilterArgs,
-        /// Small multiples: one map per CPU, thread, process or user task (the --top with the
+        /// Small multiples: one map per CPU, thread, process, user task or cgroup (of the cpu controller) (the --top with the
         /// most events), on one colour scale.
         #[arg(long, value_enum)]
         per: Option<PerArg>,
@@ -279,6 +279,8 @@ enum PerArg {
     Thread,
     Process,
     Task,
+    /// The cgroup of the `cpu` controller's hierarchy.
+    Cgroup,
 }
 
 /// The selection every analysis takes (see `sched_trace::filter`).
@@ -299,6 +301,10 @@ struct FilterArgs {
     /// Only threads with this name, or the threads of processes with this name.
     #[arg(long)]
     comm: Option<String>,
+    /// Only the threads of this cgroup and of the cgroups below it: a directory
+    /// (/sys/fs/cgroup/cpu/app) or a path from a hierarchy's root (/app).
+    #[arg(long, value_name = "CGROUP")]
+    cgroup: Option<String>,
     /// From this many seconds after the start of the recording.
     #[arg(long, value_name = "SECONDS")]
     from: Option<f64>,
@@ -326,6 +332,8 @@ impl FilterArgs {
             task: self.task,
             cpu: self.cpu,
             comm: self.comm,
+            cgroup: self.cgroup,
+            cgroup_selection: None,
             from_s: self.from,
             to_s: self.to,
         })
@@ -399,12 +407,14 @@ fn main() -> ExitCode {
         } => (|| {
             let mut spec = heatmap::Spec::new(metric.metric());
             spec.filter = filter.filter()?;
+            check_cgroup(&file, &spec.filter)?;
             spec.per = per.map(|p| {
                 let per = match p {
                     PerArg::Cpu => heatmap::Per::Cpu,
                     PerArg::Thread => heatmap::Per::Thread,
                     PerArg::Process => heatmap::Per::Process,
                     PerArg::Task => heatmap::Per::Task,
+                    PerArg::Cgroup => heatmap::Per::Cgroup,
                 };
                 (per, top)
             });
@@ -448,6 +458,7 @@ fn main() -> ExitCode {
                 WeightArg::Samples => flamegraph::Weight::Samples,
             };
             spec.filter = filter.filter()?;
+            check_cgroup(&file, &spec.filter)?;
             spec.selection = metric.zip(latency).map(|(m, l)| (m.metric(), l));
             run_flamegraph(&file, &spec, output.as_deref(), folded, diff.as_deref())
         })()
@@ -522,6 +533,7 @@ fn correlate_file(
 }
 
 fn run_export(file: &Path, format: ExportFormat, output: &Path, filter: &Filter) -> Result<()> {
+    check_cgroup(file, filter)?;
     let correlation =
         correlate_file(file, filter, correlate::Options { timelines: true, ..Default::default() })?;
     let tracks = export::Tracks::build_filtered(&correlation, filter);
@@ -549,7 +561,18 @@ fn run_export(file: &Path, format: ExportFormat, output: &Path, filter: &Filter)
     Ok(())
 }
 
+/// A `--cgroup` the trace has no cgroup for is an error that lists the ones it has.
+fn check_cgroup(file: &Path, filter: &Filter) -> Result<()> {
+    if let Some(name) = &filter.cgroup {
+        let pre = sched_trace::trace::prescan(file).with_context(|| format!("reading {}", file.display()))?;
+        sched_trace::filter::CgroupSelection::resolve(name, &pre.cgroups)
+            .map_err(|e| anyhow::anyhow!("--cgroup {name}: {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
 fn load_report(file: &Path, filter: &Filter) -> Result<Report> {
+    check_cgroup(file, filter)?;
     let correlation = correlate_file(file, filter, correlate::Options::default())?;
     Ok(Report::build_filtered(file, &correlation, filter))
 }

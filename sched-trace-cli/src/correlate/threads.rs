@@ -1000,6 +1000,30 @@ mod tests {
     }
 
     #[test]
+    fn a_throttled_switch_out_is_throttling_not_run_queue_time_nor_a_preemption() {
+        let throttled = |e: Event| match e.kind {
+            EventKind::Switch(s) => Event { kind: EventKind::Switch(Switch { throttled: true, ..s }), ..e },
+            _ => e,
+        };
+        let e = vec![
+            switch(0, 0, IDLE, (T, P), 0, false),
+            // The quota runs out: switched out still runnable, another cgroup's thread runs.
+            throttled(switch(100, 0, (T, P), (W, P + 1), 0, true)),
+            switch(180, 0, (W, P + 1), (T, P), 0, false),
+            // An ordinary preemption.
+            switch(200, 0, (T, P), (W, P + 1), 0, true),
+            switch(230, 0, (W, P + 1), (T, P), 0, false),
+        ];
+        let s = run(&e, 300);
+        assert_eq!((s.on_cpu_ns, s.throttled_ns, s.runqueue_ns), (100 + 20 + 70, 80, 30));
+        assert_eq!(s.throttled_waits_ns, vec![80]);
+        assert_eq!(s.latencies_ns, vec![30], "a throttled wait is not a run-queue latency");
+        assert_eq!(s.involuntary_switches, 2);
+        assert_eq!(s.preempted_by.get(&W), Some(&1), "the quota, not W, took the CPU the first time");
+        assert_eq!(s.off_cpu_ns(), 110);
+    }
+
+    #[test]
     fn epoll_waits_are_kept_apart_from_sleeps() {
         let epoll = |ts, enter: bool| {
             let kind = if enter {

@@ -18,6 +18,8 @@ pub const CPUS_PID: u32 = 1 << 30;
 /// Task tracks are threads `TASK_TID_BASE + n` of their process (the n-th task track; the
 /// track's name says the task id).
 pub const TASK_TID_BASE: u64 = 1 << 30;
+/// The pseudo-process whose threads are the cgroups' throttled tracks.
+pub const CGROUPS_PID: u32 = (1 << 30) + 1;
 
 /// Writes `tracks` to `path`.
 pub fn write(tracks: &Tracks, path: &Path) -> Result<ExportSummary, ExportError> {
@@ -63,6 +65,15 @@ pub fn write_to(tracks: &Tracks, out: &mut impl Write) -> std::io::Result<()> {
         event(out, meta(t.pid as u64, tid, "thread_name", &t.label))?;
         for s in &t.slices {
             event(out, complete(t.pid as u64, tid, s))?;
+        }
+    }
+    if !tracks.cgroups.is_empty() {
+        event(out, meta(CGROUPS_PID as u64, 0, "process_name", "Cgroups"))?;
+    }
+    for (n, g) in tracks.cgroups.iter().enumerate() {
+        event(out, meta(CGROUPS_PID as u64, n as u64, "thread_name", &g.name))?;
+        for s in &g.slices {
+            event(out, complete(CGROUPS_PID as u64, n as u64, s))?;
         }
     }
     out.write_all(b"\n]}\n")

@@ -75,6 +75,15 @@ pub struct TaskTrack {
     pub slices: Vec<Slice>,
 }
 
+/// A cgroup's throttled stretches: while at least one of its threads was switched out
+/// because the cgroup's CPU quota ran out, until they all ran again.
+#[derive(Clone, Debug)]
+pub struct CgroupTrack {
+    /// `cgroup /app (throttled)`.
+    pub name: String,
+    pub slices: Vec<Slice>,
+}
+
 /// Everything an export shows.
 #[derive(Clone, Debug, Default)]
 pub struct Tracks {
@@ -83,6 +92,7 @@ pub struct Tracks {
     pub threads: Vec<ThreadTrack>,
     pub cpus: Vec<CpuTrack>,
     pub tasks: Vec<TaskTrack>,
+    pub cgroups: Vec<CgroupTrack>,
 }
 
 /// What an export wrote.
@@ -104,6 +114,7 @@ impl Tracks {
 
     /// The tracks of the threads, tasks and CPUs `filter` selects, clipped to its window.
     pub fn build_filtered(c: &Correlation, filter: &Filter) -> Tracks {
+        let filter = &filter.with_cgroups(&c.tables.cgroups);
         let names = TaskNames::new(&c.tables.tasks);
         let window = filter.window(c.info.start_ns);
         // The part of a span inside the window, if any.
@@ -204,6 +215,7 @@ impl Tracks {
             }
             tasks.push(TaskTrack { pid: t.pid, task: t.task, label: t.label(), slices: well_nested(slices) });
         }
+        let cgroups = throttled_tracks(c, &threads);
         Tracks {
             processes,
             threads,
@@ -213,6 +225,7 @@ impl Tracks {
                 .map(|(cpu, slices)| CpuTrack { cpu, slices: well_nested(slices) })
                 .collect(),
             tasks,
+            cgroups,
         }
     }
 
@@ -224,6 +237,7 @@ impl Tracks {
             tasks: self.tasks.len(),
             slices: self.threads.iter().map(|t| t.slices.len()).sum::<usize>()
                 + self.cpus.iter().map(|c| c.slices.len()).sum::<usize>()
+                + self.cgroups.iter().map(|c| c.slices.len()).sum::<usize>()
                 + self.tasks.iter().map(|t| t.slices.len()).sum::<usize>(),
         }
     }
@@ -253,6 +267,50 @@ pub fn segment_label(what: RunSegment) -> &'static str {
 /// Orders a track's slices so that viewers nest them: by start (outer first), top-level slices
 /// never overlapping (a later one cuts the one before it short: only a trace that contradicts
 /// itself has such) and nested ones clipped to the slice that contains them.
+/// A track per cgroup (of the `cpu` controller's hierarchy) whose exported threads waited
+/// throttled: the union of those waits, each stretch with how many thread waits it covers.
+fn throttled_tracks(c: &Correlation, threads: &[ThreadTrack]) -> Vec<CgroupTrack> {
+    let tables = &c.tables.cgroups;
+    let Some(h) = tables.cpu_hierarchy() else { return Vec::new() };
+    let membership = tables.membership();
+    let throttled = off_cpu_label(OffCpu::Throttled);
+    let mut waits: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for t in threads {
+        let Some(id) = membership.of(h, t.tid, t.pid) else { continue };
+        waits
+            .entry(id)
+            .or_default()
+            .extend(t.slices.iter().filter(|s| s.name == throttled).map(|s| (s.start, s.end)));
+    }
+    let mut out = Vec::new();
+    for (id, mut w) in waits.into_iter().filter(|(_, w)| !w.is_empty()) {
+        w.sort_unstable();
+        let mut slices: Vec<Slice> = Vec::new();
+        let mut held = 0i64;
+        for (start, end) in w {
+            match slices.last_mut() {
+                Some(last) if start <= last.end => {
+                    last.end = last.end.max(end);
+                    held += 1;
+                    last.args = vec![("thread waits", Arg::Int(held))];
+                }
+                _ => {
+                    held = 1;
+                    slices.push(Slice {
+                        start,
+                        end,
+                        name: "Throttled (out of CPU quota)".into(),
+                        depth: 0,
+                        args: vec![("thread waits", Arg::Int(1))],
+                    });
+                }
+            }
+        }
+        out.push(CgroupTrack { name: format!("cgroup {} (throttled)", tables.path((h, id))), slices });
+    }
+    out
+}
+
 fn well_nested(mut slices: Vec<Slice>) -> Vec<Slice> {
     slices.sort_by_key(|s| (s.start, s.depth, s.end));
     let mut out: Vec<Slice> = Vec::with_capacity(slices.len());

@@ -53,6 +53,9 @@ fn cpu_uuid(cpu: u16) -> u64 {
 fn task_uuid(index: usize) -> u64 {
     4 << 40 | index as u64
 }
+fn cgroup_uuid(index: usize) -> u64 {
+    5 << 40 | index as u64
+}
 
 /// Writes `tracks` as a `perfetto.protos.Trace`, one packet at a time.
 pub fn write_to(tracks: &Tracks, out: &mut impl Write) -> Result<(), protobuf::Error> {
@@ -99,13 +102,20 @@ pub fn write_to(tracks: &Tracks, out: &mut impl Write) -> Result<(), protobuf::E
         track.set_name(t.label.clone());
         packet(&mut os, descriptor(track))?;
     }
+    for (i, g) in tracks.cgroups.iter().enumerate() {
+        let mut track = TrackDescriptor::new();
+        track.set_uuid(cgroup_uuid(i));
+        track.set_name(g.name.clone());
+        packet(&mut os, descriptor(track))?;
+    }
 
     let tracks_and_slices = tracks
         .threads
         .iter()
         .map(|t| (thread_uuid(t.tid), &t.slices))
         .chain(tracks.cpus.iter().map(|c| (cpu_uuid(c.cpu), &c.slices)))
-        .chain(tracks.tasks.iter().enumerate().map(|(i, t)| (task_uuid(i), &t.slices)));
+        .chain(tracks.tasks.iter().enumerate().map(|(i, t)| (task_uuid(i), &t.slices)))
+        .chain(tracks.cgroups.iter().enumerate().map(|(i, g)| (cgroup_uuid(i), &g.slices)));
     for (uuid, slices) in tracks_and_slices {
         for (ts, kind, slice) in nesting_order(slices) {
             let mut event = TrackEvent::new();

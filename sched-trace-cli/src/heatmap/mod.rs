@@ -41,6 +41,8 @@ pub enum Per {
     Thread,
     Process,
     Task,
+    /// The cgroup of the hierarchy with the `cpu` controller.
+    Cgroup,
 }
 
 impl Per {
@@ -50,6 +52,7 @@ impl Per {
             Per::Thread => "thread",
             Per::Process => "process",
             Per::Task => "task",
+            Per::Cgroup => "cgroup",
         }
     }
 }
@@ -177,6 +180,8 @@ pub fn build_from<R: std::io::Read>(
     spec: &Spec,
     pre: &Prescan,
 ) -> Result<Heatmap, HeatmapError> {
+    let resolved = Spec { filter: spec.filter.with_cgroups(&pre.cgroups), ..spec.clone() };
+    let spec = &resolved;
     let span = (pre.start_ns, pre.end_ns);
     let window = spec.filter.window(span.0);
     let (from, to) = (window.from.max(span.0), window.to.min(span.1.max(span.0.saturating_add(1))));
@@ -199,6 +204,7 @@ pub fn build_from<R: std::io::Read>(
     let mut all = Grid::new(columns, buckets, true);
     let mut groups: FxHashMap<(u64, u64), SparseGrid> = FxHashMap::default();
     let per = spec.per.map(|(p, _)| p);
+    let cgroups = CgroupGroups::new(&pre.cgroups);
     let mut keep = SampleFilter::new(&spec.filter, &names);
     let metric = spec.metric;
     let mut add = |s: &Sample| {
@@ -207,7 +213,7 @@ pub fn build_from<R: std::io::Read>(
         }
         all.add(s);
         if let Some(p) = per {
-            groups.entry(group_key(p, s)).or_default().add(&columns, buckets, s);
+            groups.entry(group_key(p, s, &cgroups)).or_default().add(&columns, buckets, s);
         }
     };
     let correlation = correlate::correlate_with(
@@ -224,8 +230,8 @@ pub fn build_from<R: std::io::Read>(
         ranked.sort_by(|a, b| b.1.events.cmp(&a.1.events).then(a.0.cmp(&b.0)));
         for (key, g) in ranked.into_iter().take(top.max(1)) {
             panels.push(Panel {
-                label: group_label(p, key, &names, &correlation.tasks),
-                group_args: group_args(p, key),
+                label: group_label(p, key, &names, &correlation.tasks, &cgroups),
+                group_args: group_args(p, key, &cgroups),
                 grid: g.dense(columns, buckets),
             });
         }
@@ -301,18 +307,44 @@ fn check_available(path: &Path, metric: Metric, c: &Correlation) -> Result<(), H
 type GroupKey = (u64, u64);
 const NO_TASK: GroupKey = (u64::MAX, u64::MAX);
 
-fn group_key(per: Per, s: &Sample) -> GroupKey {
+/// What grouping by cgroup needs: the trace's cgroup table, who was where, and the hierarchy
+/// the groups are of (the one with the `cpu` controller).
+struct CgroupGroups<'a> {
+    tables: &'a crate::trace::cgroups::CgroupTables,
+    membership: crate::trace::cgroups::Membership,
+    hierarchy: Option<u32>,
+}
+
+impl<'a> CgroupGroups<'a> {
+    fn new(tables: &'a crate::trace::cgroups::CgroupTables) -> Self {
+        CgroupGroups { tables, membership: tables.membership(), hierarchy: tables.cpu_hierarchy() }
+    }
+}
+
+fn group_key(per: Per, s: &Sample, cgroups: &CgroupGroups) -> GroupKey {
     match per {
         Per::Cpu => (s.cpu as u64, 0),
         Per::Thread => (s.tid as u64, 0),
         Per::Process => (s.pid as u64, 0),
         Per::Task => s.task.map_or(NO_TASK, |t| (s.pid as u64, t)),
+        Per::Cgroup => cgroups
+            .hierarchy
+            .and_then(|h| Some((h as u64, cgroups.membership.of(h, s.tid, s.pid)?)))
+            .unwrap_or(NO_TASK),
     }
 }
 
-fn group_label(per: Per, key: GroupKey, names: &TaskNames, tasks: &[correlate::TaskStats]) -> String {
+fn group_label(
+    per: Per,
+    key: GroupKey,
+    names: &TaskNames,
+    tasks: &[correlate::TaskStats],
+    cgroups: &CgroupGroups,
+) -> String {
     let id = key.0;
     match per {
+        Per::Cgroup if key == NO_TASK => "cgroup not known".into(),
+        Per::Cgroup => format!("cgroup {}", cgroups.tables.path((key.0 as u32, key.1))),
         Per::Cpu if id == NO_CPU as u64 => "CPU not known".into(),
         Per::Cpu => format!("CPU {id}"),
         Per::Thread => format!("{} (tid {id})", names.display(id as u32)),
@@ -325,9 +357,15 @@ fn group_label(per: Per, key: GroupKey, names: &TaskNames, tasks: &[correlate::T
     }
 }
 
-fn group_args(per: Per, key: GroupKey) -> Vec<String> {
+fn group_args(per: Per, key: GroupKey, cgroups: &CgroupGroups) -> Vec<String> {
     let pair = |flag: &str, v: u64| vec![flag.to_string(), v.to_string()];
     match per {
+        Per::Cgroup if key == NO_TASK => Vec::new(),
+        Per::Cgroup => {
+            let c = (key.0 as u32, key.1);
+            let mount = cgroups.tables.hierarchy(c.0).map(|h| h.mount.trim_end_matches('/').to_string());
+            vec!["--cgroup".into(), format!("{}{}", mount.unwrap_or_default(), cgroups.tables.path(c))]
+        }
         Per::Cpu if key.0 == NO_CPU as u64 => Vec::new(),
         Per::Cpu => pair("--cpu", key.0),
         Per::Thread => pair("--tid", key.0),

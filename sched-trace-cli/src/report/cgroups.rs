@@ -94,6 +94,8 @@ pub fn build(
     let from = c.first_ts.max(window.from);
     let to = c.last_ts.min(window.to);
     let span = to.saturating_sub(from);
+    // The counters were sampled until the recording stopped, which may be after its last event.
+    let samples_to = c.tables.end.as_ref().map_or(to, |e| e.end_ns.max(c.last_ts).min(window.to));
     let all_on_cpu = sum(groups.values().flatten().map(|t| t.on_cpu_ns));
     let mut out: Vec<CgroupReport> = groups
         .into_iter()
@@ -144,7 +146,7 @@ pub fn build(
                 shares: cpu.shares,
                 weight: cpu.weight,
                 cpuset: cpuset_of(tables, &membership, &ts).or(cpu.cpus.clone()),
-                throttling: throttling(tables, g, from, to),
+                throttling: throttling(tables, g, from, samples_to),
                 throttled_waits: Durations::of(
                     ts.iter().flat_map(|t| t.throttled_waits_ns.iter().copied()).collect(),
                 ),

@@ -277,6 +277,7 @@ impl Report {
     /// A report on the threads, processes, tasks and CPUs `filter` selects. The time window is
     /// the correlation's: make it with the filter's window ([`Filter::window`]).
     pub fn build_filtered(path: &Path, c: &Correlation, filter: &Filter) -> Report {
+        let filter = &filter.with_cgroups(&c.tables.cgroups);
         let names = TaskNames::new(&c.tables.tasks);
         let peers = |m: &rustc_hash::FxHashMap<u32, u64>| top_peers(m, &names);
         let selected: Vec<&ThreadStats> = c

@@ -652,6 +652,8 @@ pub struct Prescan {
     pub start_ns: u64,
     pub end_ns: u64,
     pub tasks: Vec<TaskEntry>,
+    /// The cgroup table (what a `--cgroup` filter looks up).
+    pub cgroups: super::cgroups::CgroupTables,
 }
 
 /// The [`Prescan`] of the trace at `path`.
@@ -673,6 +675,7 @@ pub fn prescan_of<R: Read + std::io::Seek>(
     drop(reader);
     let corrupt = |offset: u64, what: String| TraceError::Corrupt { path: path.to_path_buf(), offset, what };
     let (mut end_marker, mut last_events, mut tasks) = (None, None, Vec::new());
+    let mut cgroups = super::cgroups::CgroupTables::default();
     loop {
         let mut head = [0u8; CHUNK_HEADER_LEN];
         file.seek(SeekFrom::Start(offset)).map_err(|e| TraceError::io(path, e))?;
@@ -684,7 +687,8 @@ pub fn prescan_of<R: Read + std::io::Seek>(
         if body + h.stored_len as u64 > len {
             break; // cut off: the reader says so when it gets there
         }
-        let wanted = [ChunkKind::End as u8, ChunkKind::Events as u8, ChunkKind::Tasks as u8];
+        let wanted =
+            [ChunkKind::End as u8, ChunkKind::Events as u8, ChunkKind::Tasks as u8, ChunkKind::Cgroups as u8];
         if wanted.contains(&h.kind) {
             let mut stored = vec![0u8; h.stored_len as usize];
             read_full(file, &mut stored).map_err(|e| TraceError::io(path, e))?;
@@ -702,6 +706,10 @@ pub fn prescan_of<R: Read + std::io::Seek>(
                 if let Ok(p) = super::decode::decode(stored, Vec::new(), Vec::new()).payload {
                     if h.kind == ChunkKind::End as u8 {
                         end_marker = serde_json::from_slice::<EndInfo>(&p).ok().map(|e| e.end_ns);
+                    } else if h.kind == ChunkKind::Cgroups as u8 {
+                        if let Ok(c) = serde_json::from_slice(&p) {
+                            cgroups.merge(c);
+                        }
                     } else {
                         let _ = parse_tasks(&p, &mut tasks);
                     }
@@ -729,7 +737,7 @@ pub fn prescan_of<R: Read + std::io::Seek>(
         Some(newest)
     });
     let end = end_marker.into_iter().chain(newest).max().unwrap_or(start);
-    Ok(Prescan { start_ns: start, end_ns: end.max(start), tasks })
+    Ok(Prescan { start_ns: start, end_ns: end.max(start), tasks, cgroups })
 }
 
 /// Worker threads decoding chunks: one per CPU (`SCHED_TRACE_READER_THREADS` overrides; 1
