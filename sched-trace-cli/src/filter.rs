@@ -18,6 +18,7 @@ use crate::{
 pub struct Filter {
     /// A cgroup (a directory, or a path from its hierarchy's root): the threads that were in it
     /// or below it. Resolved against a trace's cgroup table by [`Filter::with_cgroups`].
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     #[serde(skip)]
     pub cgroup_selection: Option<std::sync::Arc<CgroupSelection>>,

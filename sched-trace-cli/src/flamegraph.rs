@@ -413,7 +413,10 @@ impl Gather<'_> {
         let task_waits = self.spec.group_by == GroupBy::Task;
         let who = (s.pid, s.tid, s.task);
         match (self.spec.kind, s.metric) {
-            (FlameKind::OffCpu, Metric::Sleep | Metric::Epoll | Metric::Blocked | Metric::Runq) => {
+            (
+                FlameKind::OffCpu,
+                Metric::Sleep | Metric::Epoll | Metric::Blocked | Metric::Runq | Metric::Throttled,
+            ) => {
                 self.add(who, s.end, s.stacks, Some(reason(s)), None, s.ns);
             }
             (FlameKind::OffCpu, Metric::Netpoll | Metric::TaskQueue) if task_waits => {
@@ -487,6 +490,7 @@ fn reason(s: &Sample) -> &'static str {
         Metric::Sleep => "[sleep]",
         Metric::Epoll => "[epoll]",
         Metric::Blocked => "[blocked]",
+        Metric::Throttled => "[throttled]",
         Metric::Runq if s.task.is_some() => "[cfs-stolen]",
         Metric::Runq => "[runq]",
         Metric::Offcpu => "[off-cpu]",

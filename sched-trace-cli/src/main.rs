@@ -220,6 +220,8 @@ enum MetricArg {
     Epoll,
     /// Uninterruptible blocks.
     Blocked,
+    /// Waits of threads whose cgroup ran out of CPU quota.
+    Throttled,
     /// User tasks waiting in the runtime's queues (needs runtime probes).
     TaskQueue,
     /// User tasks parked in the netpoller (needs runtime probes).
@@ -236,6 +238,7 @@ impl MetricArg {
             MetricArg::Sleep => Metric::Sleep,
             MetricArg::Epoll => Metric::Epoll,
             MetricArg::Blocked => Metric::Blocked,
+            MetricArg::Throttled => Metric::Throttled,
             MetricArg::TaskQueue => Metric::TaskQueue,
             MetricArg::Netpoll => Metric::Netpoll,
             MetricArg::CfsStolen => Metric::CfsStolen,

@@ -19,6 +19,8 @@ pub enum Metric {
     Epoll,
     /// Blocked otherwise (uninterruptible): switch-out to wake-up.
     Blocked,
+    /// Throttled: switch-out when its cgroup's CPU quota ran out, to switch-in.
+    Throttled,
     /// A user task waiting in a runtime queue: ready (or spawned) to run.
     TaskQueue,
     /// A user task parked in the netpoller: park to ready.
@@ -29,12 +31,13 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::Runq,
         Metric::Offcpu,
         Metric::Sleep,
         Metric::Epoll,
         Metric::Blocked,
+        Metric::Throttled,
         Metric::TaskQueue,
         Metric::Netpoll,
         Metric::CfsStolen,
@@ -49,6 +52,7 @@ impl Metric {
             Metric::Sleep => "sleep",
             Metric::Epoll => "epoll",
             Metric::Blocked => "blocked",
+            Metric::Throttled => "throttled",
             Metric::TaskQueue => "task-queue",
             Metric::Netpoll => "netpoll",
             Metric::CfsStolen => "cfs-stolen",
@@ -63,6 +67,7 @@ impl Metric {
             Metric::Sleep => "sleeps (switch-out → wake-up)",
             Metric::Epoll => "epoll waits (switch-out → wake-up)",
             Metric::Blocked => "uninterruptible blocks (switch-out → wake-up)",
+            Metric::Throttled => "throttled waits (quota ran out at switch-out → switch-in)",
             Metric::TaskQueue => "runtime queue wait (ready → running)",
             Metric::Netpoll => "netpoller parks (park → ready)",
             Metric::CfsStolen => "CFS-stolen time per task run",

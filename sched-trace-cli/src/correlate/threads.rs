@@ -715,15 +715,18 @@ impl ThreadTracker {
                 t.state = ThreadState::Unknown;
                 t.switched_out_at = None;
             }
-            let mut latency = None;
+            let (mut latency, mut throttled_wait) = (None, None);
             if let ThreadState::Off { since, why } = t.state {
                 let ns = e.ts.saturating_sub(since);
                 t.stats.add_off(t.window, why, since, e.ts);
                 if matches!(why, OffCpu::Sleeping | OffCpu::Epoll | OffCpu::Blocked) && counted {
                     t.stats.missed_wakeups += 1;
                 }
-                if why == OffCpu::Throttled && t.window.contains(e.ts) {
+                if why == OffCpu::Throttled
+                    && let Some(sample) = t.sample(Metric::Throttled, e.ts, ns, e.cpu)
+                {
                     t.stats.throttled_waits_ns.push(ns);
+                    throttled_wait = Some(sample);
                 }
                 if matches!(why, OffCpu::Woken | OffCpu::Preempted)
                     && let Some(sample) = t.sample(Metric::Runq, e.ts, ns, e.cpu)
@@ -756,6 +759,7 @@ impl ThreadTracker {
                 self.cpu(e.cpu).latencies_ns.push(sample.ns);
             }
             self.emit(latency);
+            self.emit(throttled_wait);
             self.emit(off_cpu);
             if counted {
                 self.sample_vruntime_spread(e.cpu, next_vruntime, next_cfs_rq);

@@ -103,7 +103,7 @@ pub fn render(h: &Heatmap) -> Picture {
         let cell_w = (880.0 / cols as f64).floor().clamp(1.0, 24.0);
         let cell_h = (440.0 / nrows as f64).floor().clamp(3.0, 18.0);
         let l = Layout { x: LEFT, y: TOP, cell_w, cell_h, columns: cols, first_row: first, last_row: last };
-        width = LEFT + l.width() + 24.0 + 150.0 + 20.0;
+        width = fit_titles(LEFT + l.width() + 24.0 + 150.0 + 20.0, &title, &subtitle);
         let legend_y = TOP + l.height() + 58.0;
         height = legend_y + 56.0;
         header(&mut out, width, height, &title, &subtitle);
@@ -119,7 +119,7 @@ pub fn render(h: &Heatmap) -> Picture {
         let pane_w = LEFT + cell_w * cols as f64 + 40.0;
         let pane_h = 36.0 + cell_h * nrows as f64 + 48.0;
         let rows_of_panes = groups.len().div_ceil(per_row);
-        width = (pane_w * per_row as f64 + 20.0).max(700.0);
+        width = fit_titles((pane_w * per_row as f64 + 20.0).max(700.0), &title, &subtitle);
         let legend_y = TOP + pane_h * rows_of_panes as f64 + 10.0;
         height = legend_y + 56.0;
         header(&mut out, width, height, &title, &subtitle);
@@ -196,6 +196,14 @@ fn footnote(h: &Heatmap) -> String {
         crate::units::latency(h.columns().width_ns),
         h.buckets().sub
     )
+}
+
+/// `width`, widened when the title or the subtitle would run past it (their text is one line:
+/// a viewer reads the filter and the counts there).
+fn fit_titles(width: f64, title: &str, subtitle: &str) -> f64 {
+    // Average advance of the sans-serif faces at 17 px bold and at 12 px.
+    let needed = (title.chars().count() as f64 * 10.0).max(subtitle.chars().count() as f64 * 6.9);
+    width.max((LEFT + needed + 20.0).ceil())
 }
 
 fn header(out: &mut String, width: f64, height: f64, title: &str, subtitle: &str) {
