@@ -353,6 +353,18 @@ fn weighted_cgroups_share_a_cpu_in_the_ratio_of_their_weights() {
     }
     let o = output(sched_trace().arg("report").arg(&trace).args(["--cgroup", "/no-such-cgroup"]));
     assert!(!o.status.success() && stderr(&o).contains("its cgroups are"), "{}", stderr(&o));
+    // ... in the flame graph too ...
+    let o = output(
+        sched_trace()
+            .arg("flamegraph")
+            .arg(&trace)
+            .args(["--folded", "--group-by", "thread", "--cgroup"])
+            .arg(&heavy),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let folded = String::from_utf8_lossy(&o.stdout);
+    assert!(folded.lines().any(|l| l.contains("heavy-0")), "{folded}");
+    assert!(!folded.lines().any(|l| l.contains("light-0")), "{folded}");
     // ... and the heat map draws one map per cgroup.
     let json = dir.path().join("runq.json");
     let o = output(

@@ -29,7 +29,7 @@ use crate::trace::{
 /// A cgroup named for `record --cgroup` that cannot be traced.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cgroup {path}: {source}")]
+    #[error("cannot read cgroup {path}")]
     Unreadable {
         path: PathBuf,
         #[source]
