@@ -13,7 +13,7 @@ use std::{
 
 use sched_trace_binaries::go::{GoBinary, GoError, LayoutSource};
 use serde_json::Value;
-use support::*;
+use support::{cgroups::*, *};
 
 const GO_DIR: &str = "/opt/sched-trace/go";
 
@@ -236,6 +236,58 @@ fn a_running_go_program_is_followed_by_pid() {
     assert!(out.status.success(), "{}", stderr(&out));
     let me = program_result(&program.wait_with_output().unwrap().stdout);
     check_identity(&report_json(&trace), &me, false, false);
+}
+
+/// A Go program in a container-like cgroup (half a CPU of quota, GOMAXPROCS 2), running before
+/// the recording: followed by `record --cgroup`, and by a system-wide recording, with its quota
+/// next to GOMAXPROCS.
+#[test]
+fn a_go_program_in_a_cgroup_is_followed_by_cgroup_and_system_wide() {
+    let Some(_k) = kernel_probes() else { return };
+    let tools = toolchains();
+    let Some((version, go)) = tools.first() else { return };
+    let exe = build(version, go, false);
+    let h = cpu_hierarchy().expect("a hierarchy with the cpu controller");
+    let g = TestCgroup::new(&h, "go");
+    g.set_quota(50_000, 100_000);
+    let dir = tempfile::tempdir().unwrap();
+    // The shell joins the cgroup, then becomes the program.
+    let program = Command::new("sh")
+        .args(["-c", r#"echo $$ > "$1/cgroup.procs" && exec "$2" -duration 6s -gcs 2"#, "sh"])
+        .arg(&g.dir)
+        .arg(&exe)
+        .env("GOMAXPROCS", "2")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let in_cgroup = dir.path().join("cgroup.trace");
+    let out = record(&in_cgroup, &["--cgroup", g.dir.to_str().unwrap(), "-d", "1500ms"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let everything = dir.path().join("system.trace");
+    let out = record(&everything, &["-d", "1500ms"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let me = program_result(&program.wait_with_output().unwrap().stdout);
+    for trace in [&in_cgroup, &everything] {
+        let report = report_json(trace);
+        let go = report["go"].as_array().unwrap().iter().find(|p| p["pid"] == me["pid"]);
+        let go =
+            go.unwrap_or_else(|| panic!("{}: the Go program is not in {}", trace.display(), report["go"]));
+        assert_eq!(go["level"], "identity", "{go}");
+        assert_eq!(go["gomaxprocs"], 2, "{go}");
+        assert_eq!(go["quota_cpus"].as_f64(), Some(0.5), "{go}");
+        let names = start_functions(&report);
+        for f in ["main.pinger", "main.spinner", "main.lockedSpinner"] {
+            assert!(
+                names.iter().any(|n| n == f),
+                "{}: no goroutine started by {f} in {names:?}",
+                trace.display()
+            );
+        }
+    }
+    let text =
+        String::from_utf8_lossy(&output(sched_trace().arg("report").arg(&in_cgroup)).stdout).into_owned();
+    assert!(text.contains("GOMAXPROCS 2, CPUs it may use 2, CPU quota 0.50 CPUs"), "{text}");
 }
 
 #[test]

@@ -268,10 +268,22 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut go_layouts = Vec::new();
     // The full level's probes, in the probe table (attached with the USDT probes).
     let mut go_probes = Vec::new();
-    let go_targets = command
-        .iter()
-        .map(|c| (c.pid(), c.program().to_path_buf()))
-        .chain(opts.pids.iter().map(|&p| (p, PathBuf::from(format!("/proc/{p}/exe")))));
+    // The processes there when recording starts: the command, the PIDs, or those of the traced
+    // cgroups or the whole system (processes that start later are looked at when they exec or
+    // move into a traced cgroup).
+    let running_at_start: Vec<u32> = if command.is_some() || !opts.pids.is_empty() {
+        opts.pids.clone()
+    } else if opts.cgroups.is_empty() {
+        procfs::all_pids()
+    } else {
+        opts.cgroups.iter().flat_map(|d| cgroups::processes_under(d)).collect()
+    };
+    let go_targets = command.iter().map(|c| (c.pid(), c.program().to_path_buf())).chain(
+        running_at_start
+            .iter()
+            .filter(|&&p| p != std::process::id())
+            .map(|&p| (p, PathBuf::from(format!("/proc/{p}/exe")))),
+    );
     for (pid, path) in go_targets.filter(|_| opts.go != go::GoLevel::Off) {
         match go::inspect(pid, &path) {
             go::Inspected::NotGo => {}
@@ -1271,6 +1283,11 @@ fn drain(ring: &mut RingBuf<MapData>, d: &mut Drained) -> Vec<u32> {
             && let crate::trace::EventKind::Cgroup(c) = e.kind
         {
             d.cgroups.change(e.ts, e.tid, e.pid, &c);
+            // A running program moved into a traced cgroup: its executable is new to the
+            // recording, as after an exec (USDT probes, Go).
+            if c.filter_in && !c.fork {
+                execs.push(e.pid);
+            }
         }
         if k == kind::MMAP_EXEC
             && let Some(m) = d.mappings.as_mut()

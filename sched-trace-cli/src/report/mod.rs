@@ -62,12 +62,17 @@ pub struct GoReport {
     /// most any one pause held back.
     pub stw_held_back: u64,
     pub stw_held_back_max: u64,
+    /// Its cgroup's CPU quota in CPUs (the tightest along its ancestry): with GOMAXPROCS above
+    /// it, the runtime runs more threads than the quota lets run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_cpus: Option<f64>,
 }
 
 impl GoReport {
     fn build(
         p: &crate::trace::format::GoProcess,
         pauses: &[crate::correlate::pauses::RuntimePause],
+        quota_cpus: Option<f64>,
     ) -> GoReport {
         let mine: Vec<_> = pauses.iter().filter(|q| q.pid == p.pid).collect();
         let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
@@ -84,6 +89,7 @@ impl GoReport {
             stw_by_reason,
             stw_held_back: mine.iter().map(|q| q.held_back).sum(),
             stw_held_back_max: mine.iter().map(|q| q.held_back).max().unwrap_or(0),
+            quota_cpus,
         }
     }
 }
@@ -449,7 +455,13 @@ impl Report {
                 .go_processes
                 .iter()
                 .filter(|p| filter.pid.is_none_or(|pid| pid == p.pid))
-                .map(|p| GoReport::build(p, &c.pauses))
+                .map(|p| {
+                    GoReport::build(
+                        p,
+                        &c.pauses,
+                        cgroups::process_cpus(&c.tables.cgroups, &membership, p.pid).1,
+                    )
+                })
                 .collect(),
             tasks: TaskSection::build(&tasks),
             samples,

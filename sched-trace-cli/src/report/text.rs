@@ -302,7 +302,8 @@ fn render_go(out: &mut String, programs: &[super::GoReport]) {
         );
         let procs = p.gomaxprocs.map_or("not read (no symbol table)".to_string(), |n| n.to_string());
         let cpus = p.cpus_allowed.map_or("unknown".to_string(), |n| n.to_string());
-        let _ = writeln!(out, "  GOMAXPROCS {procs}, CPUs it may use {cpus}");
+        let quota = r.quota_cpus.map_or(String::new(), |q| format!(", CPU quota {q:.2} CPUs"));
+        let _ = writeln!(out, "  GOMAXPROCS {procs}, CPUs it may use {cpus}{quota}");
         match (p.level.as_str(), &p.problem) {
             ("full", _) => {
                 let _ = writeln!(

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cgroups;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
