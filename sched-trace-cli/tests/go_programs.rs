@@ -403,7 +403,21 @@ fn the_full_level_sees_every_creation_exit_and_wait_reason() {
                 .unwrap_or_else(|| panic!("Go {version}: no goroutine of {f}"));
             assert_eq!(&g["tasks"], n, "Go {version}: goroutines of {f}");
             assert_eq!(g["exited"], me["exited"][f], "Go {version}: exits of {f}");
+            // Never more alive at once than were created.
+            let alive: Vec<u64> =
+                g["alive"].as_array().unwrap().iter().map(|a| a.as_u64().unwrap()).collect();
+            assert!(alive.iter().all(|a| a <= &n.as_u64().unwrap()), "Go {version}: {f} alive {alive:?}");
         }
+        // The pinger lives from the program's start to the end of its run: alive throughout
+        // (the last column may hold only the program's exit).
+        let pinger = groups.iter().find(|g| g["start_function"] == "main.pinger").unwrap();
+        let alive: Vec<u64> =
+            pinger["alive"].as_array().unwrap().iter().map(|a| a.as_u64().unwrap()).collect();
+        assert_eq!(alive.len(), 10);
+        assert!(alive[..9].iter().all(|&a| a == 1), "Go {version}: the pinger alive {alive:?}");
+        let text =
+            String::from_utf8_lossy(&output(sched_trace().arg("report").arg(&trace)).stdout).into_owned();
+        assert!(text.contains("Tasks alive over time by start function"), "{text}");
         // Parks by the runtime's own wait reasons, named from its DWARF.
         let reasons: Vec<&str> = report["tasks"]["by_wait_reason"]
             .as_array()

@@ -271,6 +271,9 @@ pub struct ProcessReport {
     pub wakers: Vec<Peer>,
 }
 
+/// Columns of the tasks-alive-over-time counts.
+const ALIVE_COLUMNS: usize = 10;
+
 /// How many peers (wakers, preempters) a report lists per thread or process.
 const TOP_PEERS: usize = 5;
 
@@ -463,7 +466,14 @@ impl Report {
                     )
                 })
                 .collect(),
-            tasks: TaskSection::build(&tasks),
+            tasks: TaskSection::build(&tasks, {
+                let w = filter.window(info.start_ns);
+                let exits_known =
+                    c.tables.go_processes.iter().filter(|p| p.level == "full").map(|p| p.pid).collect();
+                let (from, to) =
+                    (c.first_ts.max(w.from), c.last_ts.min(w.to).max(c.first_ts.max(w.from) + 1));
+                Some(tasks::Columns::new(info.start_ns, from, to, ALIVE_COLUMNS, exits_known))
+            }),
             samples,
             cpus: tasks::cpu_reports(&c.cpus, &names)
                 .into_iter()

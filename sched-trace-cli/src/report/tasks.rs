@@ -127,6 +127,9 @@ pub struct TaskSection {
     pub by_start_function: Vec<StartFunctionGroup>,
     /// Time parked by the runtime's own wait reason, over all tasks, longest first.
     pub by_wait_reason: Vec<(String, u64)>,
+    /// The columns of the start-function groups' counts of tasks alive over time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Columns>,
 }
 
 /// The tasks that started with one function.
@@ -138,6 +141,56 @@ pub struct StartFunctionGroup {
     pub exited: u64,
     #[serde(flatten)]
     pub costs: TaskCosts,
+    /// How many of them were alive in each column of [`TaskSection::columns`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alive: Vec<u64>,
+}
+
+/// The time over which task counts are given: equal columns from `from` to `to`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Columns {
+    /// Seconds after the recording started.
+    pub from_s: f64,
+    pub width_ns: u64,
+    pub count: usize,
+    /// Processes whose runtime reported creations and exits (Go's full level): a task of theirs
+    /// that did not exit is alive to the end. Elsewhere a task is alive from when it was first
+    /// seen to when it was last seen running.
+    pub exits_known: Vec<u32>,
+    #[serde(skip)]
+    pub from_ns: u64,
+    #[serde(skip)]
+    pub to_ns: u64,
+}
+
+impl Columns {
+    /// `count` columns over `[from_ns, to_ns)` of a recording that started at `start_ns`.
+    pub fn new(start_ns: u64, from_ns: u64, to_ns: u64, count: usize, exits_known: Vec<u32>) -> Columns {
+        let width_ns = to_ns.saturating_sub(from_ns).div_ceil(count.max(1) as u64).max(1);
+        Columns {
+            from_s: from_ns.saturating_sub(start_ns) as f64 / 1e9,
+            width_ns,
+            count: count.max(1),
+            exits_known,
+            from_ns,
+            to_ns,
+        }
+    }
+
+    /// Adds `t` to the columns of `alive` its life overlaps.
+    fn add(&self, alive: &mut [u64], t: &TaskStats) {
+        let seen = t.run_intervals.iter().map(|r| r.end).max().unwrap_or(t.first_ts).max(t.first_ts);
+        let last = if !t.exited && self.exits_known.contains(&t.pid) { self.to_ns } else { seen };
+        if last < self.from_ns || t.first_ts >= self.to_ns {
+            return;
+        }
+        let col = |ts: u64| {
+            ((ts.clamp(self.from_ns, self.to_ns.saturating_sub(1)) - self.from_ns) / self.width_ns) as usize
+        };
+        for a in &mut alive[col(t.first_ts)..=col(last).min(self.count - 1)] {
+            *a += 1;
+        }
+    }
 }
 
 /// How many tasks each "top by cost" list names.
@@ -157,7 +210,7 @@ const COSTS: [(&str, CostOf); 5] = [
 
 impl TaskSection {
     /// `None` when the trace has no user-level tasks (after the filters).
-    pub fn build(tasks: &[&TaskStats]) -> Option<TaskSection> {
+    pub fn build(tasks: &[&TaskStats], columns: Option<Columns>) -> Option<TaskSection> {
         if tasks.is_empty() {
             return None;
         }
@@ -189,10 +242,14 @@ impl TaskSection {
                 tasks: 0,
                 exited: 0,
                 costs: TaskCosts::default(),
+                alive: columns.as_ref().map_or(Vec::new(), |c| vec![0; c.count]),
             });
             g.tasks += 1;
             g.exited += t.exited as u64;
             g.costs.add(t);
+            if let Some(c) = &columns {
+                c.add(&mut g.alive, t);
+            }
         }
         let mut by_start_function: Vec<StartFunctionGroup> = groups.into_values().collect();
         by_start_function.sort_by(|a, b| {
@@ -220,6 +277,7 @@ impl TaskSection {
             totals,
             by_cost,
             tasks: reports,
+            columns: columns.filter(|_| !by_start_function.is_empty()),
             by_start_function,
             by_wait_reason,
         })

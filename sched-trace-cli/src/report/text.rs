@@ -279,6 +279,36 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
             ]);
         }
         table(out, &rows);
+        if let Some(cols) = &s.columns {
+            let _ = writeln!(
+                out,
+                "\nTasks alive over time by start function (from {:.3} s, columns of {}){}",
+                cols.from_s,
+                duration_ns(cols.width_ns),
+                shown(limit, s.by_start_function.len())
+            );
+            let mut rows = vec![["PID", "START FUNCTION"].iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+            rows[0].extend((0..cols.count).map(|i| format!("+{}", duration_ns(cols.width_ns * i as u64))));
+            rows[0].push(String::new());
+            for g in s.by_start_function.iter().take(limit) {
+                let mut r = vec![g.pid.to_string(), g.start_function.clone()];
+                r.extend(g.alive.iter().map(|n| count(*n)));
+                r.push(String::new());
+                rows.push(r);
+            }
+            table(out, &rows);
+            if !cols.exits_known.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  (with creations and exits traced, a task is alive from its creation to its exit)"
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  (a task counts from when it was first seen to when it was last seen running)"
+                );
+            }
+        }
     }
 }
 
