@@ -470,8 +470,8 @@ impl Report {
                 let w = filter.window(info.start_ns);
                 let exits_known =
                     c.tables.go_processes.iter().filter(|p| p.level == "full").map(|p| p.pid).collect();
-                let (from, to) =
-                    (c.first_ts.max(w.from), c.last_ts.min(w.to).max(c.first_ts.max(w.from) + 1));
+                let from = c.first_ts.max(w.from);
+                let to = c.last_ts.min(w.to).max(from.saturating_add(1));
                 Some(tasks::Columns::new(info.start_ns, from, to, ALIVE_COLUMNS, exits_known))
             }),
             samples,

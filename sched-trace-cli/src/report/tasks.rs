@@ -181,7 +181,7 @@ impl Columns {
     fn add(&self, alive: &mut [u64], t: &TaskStats) {
         let seen = t.run_intervals.iter().map(|r| r.end).max().unwrap_or(t.first_ts).max(t.first_ts);
         let last = if !t.exited && self.exits_known.contains(&t.pid) { self.to_ns } else { seen };
-        if last < self.from_ns || t.first_ts >= self.to_ns {
+        if last < self.from_ns || t.first_ts >= self.to_ns || self.to_ns <= self.from_ns {
             return;
         }
         let col = |ts: u64| {
