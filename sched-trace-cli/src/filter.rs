@@ -130,6 +130,8 @@ pub fn seconds(s: f64) -> String {
 pub struct CgroupSelection {
     /// The cgroups selected: the one named and those below it.
     pub cgroups: rustc_hash::FxHashSet<CgroupId>,
+    /// The hierarchies of those cgroups, each once.
+    hierarchies: Vec<u32>,
     membership: Membership,
 }
 
@@ -181,17 +183,17 @@ impl CgroupSelection {
             known.dedup();
             return Err(format!("the trace has no cgroup {name}; its cgroups are: {}", known.join(", ")));
         }
-        Ok(CgroupSelection { cgroups, membership: tables.membership() })
+        let mut hierarchies: Vec<u32> = cgroups.iter().map(|c| c.0).collect();
+        hierarchies.sort_unstable();
+        hierarchies.dedup();
+        Ok(CgroupSelection { cgroups, hierarchies, membership: tables.membership() })
     }
 
     /// Whether thread `tid` of `pid` was in a selected cgroup (at the end of the trace).
     pub fn contains(&self, tid: u32, pid: u32) -> bool {
-        let mut hierarchies: Vec<u32> = self.cgroups.iter().map(|c| c.0).collect();
-        hierarchies.sort_unstable();
-        hierarchies.dedup();
-        hierarchies
-            .into_iter()
-            .any(|h| self.membership.of(h, tid, pid).is_some_and(|id| self.cgroups.contains(&(h, id))))
+        self.hierarchies
+            .iter()
+            .any(|&h| self.membership.of(h, tid, pid).is_some_and(|id| self.cgroups.contains(&(h, id))))
     }
 }
 

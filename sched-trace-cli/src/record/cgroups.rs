@@ -171,20 +171,29 @@ impl Hierarchies {
 
 /// The processes in cgroup directory `dir` and every cgroup below it.
 pub fn processes_under(dir: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), 0usize)];
-    let mut seen = 0;
-    while let Some((d, depth)) = stack.pop() {
-        seen += 1;
-        if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
-            out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if depth < MAX_WALK_DEPTH && seen < MAX_WALK_DIRS {
-            stack.extend(subdirectories(&d).map(|s| (s, depth + 1)));
-        }
-    }
+    let mut out: Vec<u32> = cgroup_dirs(dir, &mut 0)
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|procs| procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).collect::<Vec<_>>())
+        .collect();
     out.sort_unstable();
     out.dedup();
+    out
+}
+
+/// Cgroup directory `root` and those below it, depth first, no deeper than [`MAX_WALK_DEPTH`];
+/// no directory's children are looked at once `seen` (counted across calls that share it)
+/// reaches [`MAX_WALK_DIRS`].
+fn cgroup_dirs(root: &Path, seen: &mut usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        *seen += 1;
+        if depth < MAX_WALK_DEPTH && *seen < MAX_WALK_DIRS {
+            stack.extend(subdirectories(&d).map(|s| (s, depth + 1)));
+        }
+        out.push(d);
+    }
     out
 }
 
@@ -242,15 +251,10 @@ impl CgroupWatch {
         let mut seen = 0;
         for h in self.hierarchies.traced() {
             let root = PathBuf::from(&h.mount);
-            let mut stack = vec![(root.clone(), 0usize)];
-            while let Some((d, depth)) = stack.pop() {
-                seen += 1;
+            for d in cgroup_dirs(&root, &mut seen) {
                 if let Ok(meta) = fs::metadata(&d) {
                     let rel = d.strip_prefix(&root).map(|r| format!("/{}", r.display())).unwrap_or_default();
                     self.names.insert((h.id, meta.ino()), rel);
-                }
-                if depth < MAX_WALK_DEPTH && seen < MAX_WALK_DIRS {
-                    stack.extend(subdirectories(&d).map(|s| (s, depth + 1)));
                 }
             }
         }
