@@ -84,17 +84,27 @@ fn record_workload(workload: &str) -> Recorded {
     Recorded { truth, traced, switched_out, report: report_json(&trace) }
 }
 
-/// Matches the log against the trace: per (kind, thread, first argument), the n-th event of one
-/// with the n-th of the other. A pair matches when the arguments are equal and the timestamps
-/// within 50 µs, not counting time the thread spent switched out between the two (the runtime
-/// takes its timestamp, then the probe traps into the kernel, where the thread can be preempted
-/// before the probe program runs: that delay is the scheduler's, not the probe's). Returns
-/// (matched, unmatched descriptions).
+/// The log against the trace: per (kind, thread, first argument), the n-th event of one paired
+/// with the n-th of the other.
+struct Matching {
+    /// Pairs whose arguments differ, and keys with more events on one side: none is allowed.
+    identity_problems: Vec<String>,
+    /// Pairs compared.
+    pairs: usize,
+    /// Pairs whose timestamps are more than 50 µs apart, not counting time the thread spent
+    /// switched out between the two (the runtime takes its timestamp, then the probe traps into
+    /// the kernel, where the thread can be preempted before the probe program runs: that delay
+    /// is the scheduler's, not the probe's).
+    late: Vec<String>,
+    /// The median distance of a pair's timestamps.
+    median_ns: u64,
+}
+
 fn match_transitions(
     truth: &[Transition],
     traced: &[Transition],
     switched_out: &HashMap<u32, Vec<u64>>,
-) -> (usize, Vec<String>) {
+) -> Matching {
     let preempted_between = |tid: u32, a: u64, b: u64| {
         let (lo, hi) = (a.min(b), a.max(b));
         switched_out.get(&tid).is_some_and(|v| {
@@ -111,41 +121,62 @@ fn match_transitions(
     for t in traced {
         by_key.entry(key(t)).or_default().1.push(t);
     }
-    let mut matched = 0;
-    let mut problems = Vec::new();
+    let (mut identity_problems, mut late, mut distances) = (Vec::new(), Vec::new(), Vec::new());
     for (k, (a, b)) in &by_key {
         if a.len() != b.len() {
-            problems.push(format!("{k:?}: {} in the log, {} in the trace", a.len(), b.len()));
+            identity_problems.push(format!("{k:?}: {} in the log, {} in the trace", a.len(), b.len()));
         }
         for (x, y) in a.iter().zip(b) {
-            if x.args == y.args && (x.ts.abs_diff(y.ts) <= 50_000 || preempted_between(x.tid, x.ts, y.ts)) {
-                matched += 1;
-            } else if problems.len() < 20 {
-                problems.push(format!("log {x:?} vs trace {y:?}"));
+            if x.args != y.args {
+                identity_problems.push(format!("log {x:?} vs trace {y:?}"));
+                continue;
+            }
+            let distance = x.ts.abs_diff(y.ts);
+            distances.push(distance);
+            if distance > 50_000 && !preempted_between(x.tid, x.ts, y.ts) {
+                late.push(format!("log {x:?} vs trace {y:?}"));
             }
         }
     }
-    (matched, problems)
+    distances.sort_unstable();
+    let median_ns = distances.get(distances.len() / 2).copied().unwrap_or(u64::MAX);
+    Matching { identity_problems, pairs: distances.len(), late, median_ns }
 }
 
+/// Every logged transition is in the trace with its thread and arguments, and nothing else is:
+/// exactly. Its timestamp is within 50 µs of the runtime's for all but one in 200: rarely the
+/// vCPU is taken away by the hypervisor (this machine's steal time runs at about 1% in bursts)
+/// between the runtime reading its clock and the probe firing, which no scheduler event shows;
+/// 0.15% of transitions were seen late that way in one CI run. A probe clock that is wrong, or
+/// events stamped when they are drained, fails the median or the share.
 fn assert_matches_ground_truth(workload: &str, r: &Recorded) {
     assert_eq!(r.report["lost"]["total"], 0, "{workload}: lost events {}", r.report["lost"]);
     assert!(r.truth.len() > 100, "{workload}: the runtime logged only {} transitions", r.truth.len());
-    let (matched, problems) = match_transitions(&r.truth, &r.traced, &r.switched_out);
-    let share = matched as f64 / r.truth.len() as f64;
+    let m = match_transitions(&r.truth, &r.traced, &r.switched_out);
+    let shown = |v: &[String]| v.iter().take(20).cloned().collect::<Vec<_>>().join("\n");
     assert!(
-        share >= 0.999,
-        "{workload}: {matched} of {} logged transitions matched ({:.3}%); first problems:\n{}",
+        m.identity_problems.is_empty(),
+        "{workload}: {} of {} logged transitions are not in the trace as logged:\n{}",
+        m.identity_problems.len(),
         r.truth.len(),
-        share * 100.0,
-        problems.join("\n")
+        shown(&m.identity_problems)
     );
-    assert_eq!(
-        r.traced.len(),
-        r.truth.len(),
-        "{workload}: the trace has transitions the log does not:\n{}",
-        problems.join("\n")
+    assert_eq!(m.pairs, r.truth.len(), "{workload}: every logged transition is paired");
+    assert!(
+        m.late.len() * 200 <= m.pairs,
+        "{workload}: {} of {} transitions more than 50 µs off the runtime's clock:\n{}",
+        m.late.len(),
+        m.pairs,
+        shown(&m.late)
     );
+    assert!(
+        m.median_ns <= 10_000,
+        "{workload}: probe timestamps {} ns off the runtime's clock (median)",
+        m.median_ns
+    );
+    if !m.late.is_empty() {
+        eprintln!("{workload}: {} of {} transitions late", m.late.len(), m.pairs);
+    }
 }
 
 #[test]
