@@ -215,6 +215,92 @@ fn goroutines_are_named_and_a_locked_goroutine_shows_cfs_stolen_time() {
     }
 }
 
+/// Acceptance 2: the locked goroutine sharing its CPU with a hog, recorded at each level. The
+/// recorder and the program's other threads stay on CPU 0 (the locked goroutine pins its own
+/// thread to CPU 1), so that CPU 1 holds the locked thread and the hog alone in both runs. Two
+/// runs never split a CPU exactly alike (the hypervisor steals a varying share), so each level's
+/// goroutine figures are taken against the kernel's figures for the goroutine's thread in the
+/// same trace: the share of the thread's on-CPU time that was the goroutine's, and the share of
+/// the thread's run-queue time after preemptions that was the goroutine's CFS-stolen time, and
+/// the two together, over the time the goroutine holds its thread. The levels must agree on each
+/// within 5%.
+#[test]
+fn both_levels_give_a_locked_goroutine_the_same_figures() {
+    let Some(_k) = kernel_probes() else { return };
+    let tools = toolchains();
+    let dir = tempfile::tempdir().unwrap();
+    for (version, go) in [tools.first(), tools.last()].into_iter().flatten() {
+        let exe = build(version, go, false);
+        let mut figures = Vec::new();
+        for level in ["identity", "full"] {
+            let trace = dir.path().join(format!("{version}-{level}.trace"));
+            let hog = Hog::on(1);
+            let out = output(
+                Command::new("taskset")
+                    .args(["-c", "0", env!("CARGO_BIN_EXE_sched-trace"), "record", "--go", level, "-o"])
+                    .arg(&trace)
+                    .args(["--", exe.to_str().unwrap(), "-duration", "2s", "-locked-cpu", "1"])
+                    .env("GOMAXPROCS", "2"),
+            );
+            drop(hog);
+            assert!(out.status.success(), "Go {version} at the {level} level: {}", stderr(&out));
+            let me = program_result(&out.stdout);
+            // From 0.5 s on, when the goroutine holds its thread (before, the thread ran
+            // others, as many as the run happened to give it).
+            let o = output(
+                sched_trace().arg("report").arg(&trace).args(["--json", "--from", "0.5", "--to", "1.9"]),
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+            let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(report["go"][0]["level"], level);
+            let locked = task(&report, me["locked_goid"].as_u64().unwrap());
+            let thread = report["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["tid"] == me["locked_tid"])
+                .unwrap_or_else(|| panic!("Go {version} {level}: no locked thread {}", me["locked_tid"]));
+            let ns = |v: &Value| v.as_u64().unwrap() as f64;
+            let (on_cpu, stolen) = (ns(&locked["on_cpu_ns"]), ns(&locked["cfs_stolen_ns"]));
+            // Its waits after wake-ups are not the goroutine's at either level: a woken locked
+            // thread runs the scheduler before its goroutine (the runtime has it queued).
+            let thread_on_cpu = ns(&thread["on_cpu_ns"]);
+            let thread_runq = ns(&thread["runqueue_latency"]["from_preemption_ns"]);
+            assert!(on_cpu > 1.5e8, "Go {version} {level}: {locked}");
+            let share = stolen / (on_cpu + stolen);
+            let (of_on_cpu, of_runq) = (on_cpu / thread_on_cpu, stolen / thread_runq);
+            eprintln!(
+                "Go {version} {level}: {:.0} ms on CPU ({of_on_cpu:.3} of its thread's), {:.0} ms \
+                 CFS-stolen ({of_runq:.3} of its thread's run-queue time after preemptions), share {share:.3}",
+                on_cpu / 1e6,
+                stolen / 1e6
+            );
+            // About half each, as CFS shares a CPU between two busy threads of equal weight.
+            assert!((0.35..0.65).contains(&share), "Go {version} {level}: CFS-stolen share {share:.3}");
+            figures.push((of_on_cpu, of_runq, (on_cpu + stolen) / (thread_on_cpu + thread_runq)));
+        }
+        let [(on_i, runq_i, both_i), (on_f, runq_f, both_f)] = figures[..] else { unreachable!() };
+        let off = |a: f64, b: f64| (a - b).abs() / a.max(b);
+        assert!(
+            off(on_i, on_f) <= 0.05,
+            "Go {version}: the goroutine's share of its thread's on-CPU time {on_i:.3} at the identity \
+             level, {on_f:.3} at the full level"
+        );
+        assert!(
+            off(both_i, both_f) <= 0.05,
+            "Go {version}: the goroutine's running time (on CPU and CFS-stolen) against its thread's \
+             on-CPU and preempted time {both_i:.3} at the identity level, {both_f:.3} at the full level"
+        );
+        // A few preemptions catch the locked thread in the scheduler, with no goroutine on it at
+        // either level (waking up to take its goroutine back): about 2% of its preempted time.
+        assert!(
+            off(runq_i, runq_f) <= 0.05,
+            "Go {version}: the goroutine's share of its thread's run-queue time after preemptions \
+             {runq_i:.3} at the identity level, {runq_f:.3} at the full level"
+        );
+    }
+}
+
 #[test]
 fn a_running_go_program_is_followed_by_pid() {
     let Some(_k) = kernel_probes() else { return };

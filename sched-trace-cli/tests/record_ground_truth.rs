@@ -175,16 +175,21 @@ fn record_agrees_with_kernel_counters_and_workload() {
             }
             "tl-epoller" => {
                 // Every epoll wait call was seen, with its timeout: 10 timed waits through each
-                // of the three calls, then 20 untimed epoll_wait calls.
+                // of the three calls, then 20 untimed epoll_wait calls; each with its exit. The
+                // 30 zero-timeout polls before them are not waits, and not recorded.
                 let mut calls: HashMap<(String, i64), u64> = HashMap::new();
+                let mut exits = 0;
                 let mut reader = TraceReader::open(&trace).unwrap();
                 while let Some(e) = reader.next_event().unwrap() {
-                    if let EventKind::EpollEnter { call, timeout_ns, .. } = e.kind
-                        && e.tid == t.tid
-                    {
-                        *calls.entry((format!("{call:?}"), timeout_ns)).or_default() += 1;
+                    match e.kind {
+                        EventKind::EpollEnter { call, timeout_ns, .. } if e.tid == t.tid => {
+                            *calls.entry((format!("{call:?}"), timeout_ns)).or_default() += 1;
+                        }
+                        EventKind::EpollExit { .. } if e.tid == t.tid => exits += 1,
+                        _ => {}
                     }
                 }
+                assert_eq!(exits, 50, "epoll exits of {}", t.name);
                 let expect: HashMap<(String, i64), u64> = [
                     (("Wait".to_string(), 4_000_000), 10),
                     (("Pwait".to_string(), 4_000_000), 10),

@@ -56,6 +56,11 @@ static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
 #[map]
 static MMAP_EXEC_PENDING: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 
+/// Threads inside an epoll wait that was recorded (tid → call), from its entry to its exit: a
+/// wait with no timeout cannot block and is not recorded, so neither is its exit.
+#[map]
+static EPOLL_PENDING: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
 /// Go processes whose goroutines the probes read at switch-outs and samples (tgid → layout).
 #[map]
 static GO_PROCS: HashMap<u32, GoIdentity> = HashMap::with_max_entries(256, 0);
@@ -330,8 +335,14 @@ fn throttled(cfs_rq: u64) -> bool {
 
 #[inline(always)]
 fn header(kind: u8, size: usize, tid: u32, pid: u32, flags: u32) -> RecordHeader {
+    header_at(unsafe { bpf_ktime_get_ns() }, kind, size, tid, pid, flags)
+}
+
+/// [`header`] with a timestamp taken earlier.
+#[inline(always)]
+fn header_at(ts_ns: u64, kind: u8, size: usize, tid: u32, pid: u32, flags: u32) -> RecordHeader {
     RecordHeader {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         kind,
         size: size as u8,
         cpu: unsafe { bpf_get_smp_processor_id() } as u16,
@@ -817,9 +828,20 @@ pub fn task_rename(ctx: BtfTracePointContext) -> i32 {
 // ---------------------------------------------------------------------------------------------
 // epoll wait calls: syscall tracepoints (the thread-level view of a netpoller).
 
+/// Records an epoll wait's entry, unless its timeout is zero: such a poll returns at once (Go's
+/// scheduler makes hundreds of thousands a second on a busy server, two thirds of the events of
+/// a recording of one), and the thread never waits in it.
 #[inline(always)]
 fn epoll_enter(ctx: &TracePointContext, call: u32, timeout_ns: i64) -> u32 {
+    if timeout_ns == 0 {
+        return 0;
+    }
     let (tid, pid) = current();
+    // The exit is recorded only for an entry that was: if the thread cannot be noted, its exit
+    // will be missing, and is counted as lost.
+    if EPOLL_PENDING.insert(&tid, &call, 0).is_err() {
+        count_drop(kind::EPOLL_EXIT as u32);
+    }
     let epfd: u64 = unsafe { ctx.read_at(global(&EPOLL_EPFD) as usize) }.unwrap_or(u64::MAX);
     let maxevents: u64 = unsafe { ctx.read_at(global(&EPOLL_MAXEVENTS) as usize) }.unwrap_or(0);
     emit(
@@ -901,6 +923,10 @@ pub fn sys_enter_epoll_pwait2(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn epoll_exit(ctx: &TracePointContext, call: u32) -> u32 {
     let (tid, pid) = current();
+    if unsafe { EPOLL_PENDING.get(&tid) }.is_none() {
+        return 0;
+    }
+    let _ = EPOLL_PENDING.remove(&tid);
     if !traced(pid) {
         return 0;
     }
@@ -1041,12 +1067,10 @@ pub fn usdt(ctx: ProbeContext) -> u32 {
         }
         i += 1;
     }
-    let mut header = header(kind::USER_TASK, core::mem::size_of::<UserTaskRecord>(), tid, pid, 0);
-    header.ts_ns = ts;
     emit(
         kind::USER_TASK,
         UserTaskRecord {
-            header,
+            header: header_at(ts, kind::USER_TASK, core::mem::size_of::<UserTaskRecord>(), tid, pid, 0),
             probe,
             _pad: 0,
             args,

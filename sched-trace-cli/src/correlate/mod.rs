@@ -155,14 +155,19 @@ impl Correlator {
             }
             _ => None,
         };
-        // An observation of which task the thread runs comes before the flush: a new task takes
-        // the stretch since the last event on the thread.
-        if let Some((task, Transition::Observed { start_pc })) = transition {
+        // An observation of a task comes before the flush: a new task takes the stretch since
+        // the last event on the thread. One of no task comes after it: the last task keeps the
+        // stretch (see `tasks`).
+        let observed = match transition {
+            Some((task, Transition::Observed { start_pc })) => Some(((task != 0).then_some(task), start_pc)),
+            _ => None,
+        };
+        if let Some((Some(task), start_pc)) = observed {
             let since = match self.threads.state(e.tid) {
                 ThreadState::Running { since, .. } => since,
                 _ => e.ts,
             };
-            self.tasks.observe(e.ts, e.pid, e.tid, (task != 0).then_some(task), start_pc, since);
+            self.tasks.observe(e.ts, e.pid, e.tid, Some(task), start_pc, since);
         }
         // Close the segments of tasks running on the threads this event concerns, with the
         // thread state that held until now.
@@ -174,6 +179,9 @@ impl Correlator {
             if self.tasks.has_running(tid) {
                 self.tasks.flush(tid, e.ts, self.threads.state(tid), false);
             }
+        }
+        if let Some((None, _)) = observed {
+            self.tasks.observe(e.ts, e.pid, e.tid, None, 0, e.ts);
         }
         self.threads.event(e);
         if let EventKind::UserTask { probe: index, args, .. } = e.kind {

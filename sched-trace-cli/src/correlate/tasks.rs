@@ -14,7 +14,11 @@
 //! the task observed owns the thread from the start of the stretch that ends there (the thread's
 //! switch-in, or the last event on it) and keeps it through the thread's off-CPU time after it
 //! (preempted: CFS-stolen; asleep in a syscall: blocked in the kernel) until another observation
-//! names someone else. Its time outside runs is not known (neither queued nor parked).
+//! names someone else. A thread seen running no task (in the scheduler, on its way to sleep for
+//! lack of work, or handing a locked goroutine back) gives the stretch that ends there to the
+//! task it ran before: the scheduler's search is short next to a task's run, and the task had
+//! the thread until it left it somewhere in that stretch. Its time outside runs is not known
+//! (neither queued nor parked).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -914,9 +918,10 @@ mod tests {
         // At 200 the thread runs goroutine 8: it takes the stretch since 160.
         t.observe(200, 1, 10, Some(8), 0, 160);
         t.flush(10, 200, RUNNING, false);
-        // At 250 no goroutine: 8's run ended at the last event (200), 200–250 is no one's.
-        t.observe(250, 1, 10, None, 0, 200);
+        // At 250 no goroutine (the caller flushes first): 8 keeps the stretch to 250.
         t.flush(10, 250, RUNNING, false);
+        t.observe(250, 1, 10, None, 0, 250);
+        t.flush(10, 270, RUNNING, false);
         // The same goroutine seen again on the same thread changes nothing.
         t.observe(300, 1, 11, Some(7), 0xabc, 280);
         t.observe(320, 1, 11, Some(7), 0xabc, 280);
@@ -927,8 +932,8 @@ mod tests {
         // On thread 11 from 280 to the end (400).
         assert_eq!((seven.task, seven.on_cpu_ns, seven.cfs_stolen_ns), (7, 50 + 120, 60));
         assert_eq!((seven.runs, seven.thread_changes, seven.start_pc), (2, 1, Some(0xabc)));
-        assert_eq!((eight.task, eight.on_cpu_ns, eight.cfs_stolen_ns, eight.runs), (8, 40, 0, 1));
-        assert_eq!(eight.run_intervals, vec![RunInterval { start: 160, end: 200, tid: 10 }]);
+        assert_eq!((eight.task, eight.on_cpu_ns, eight.cfs_stolen_ns, eight.runs), (8, 90, 0, 1));
+        assert_eq!(eight.run_intervals, vec![RunInterval { start: 160, end: 250, tid: 10 }]);
     }
 
     const NO_NAMES: BTreeMap<u64, String> = BTreeMap::new();

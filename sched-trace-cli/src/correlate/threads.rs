@@ -102,8 +102,9 @@ pub struct ThreadStats {
     pub blocked_ns: u64,
     /// Run-queue latencies (runnable → running), in order.
     pub latencies_ns: Vec<u64>,
-    /// How many of those started with a wake-up (the rest with a preemption).
+    /// How many of those started with a wake-up (the rest with a preemption), and their total.
     pub latencies_from_wakeup: u64,
+    pub latencies_from_wakeup_ns: u64,
     /// Interruptible sleeps (outside epoll) that a wake-up ended: switch-out → wake-up, in order.
     pub sleeps_ns: Vec<u64>,
     pub voluntary_switches: u64,
@@ -735,6 +736,7 @@ impl ThreadTracker {
                     latency = Some(sample);
                     if why == OffCpu::Woken {
                         t.stats.latencies_from_wakeup += 1;
+                        t.stats.latencies_from_wakeup_ns += ns;
                     }
                 }
             }
@@ -996,7 +998,7 @@ mod tests {
         assert_eq!(s.sleeping_ns, 1_000);
         assert_eq!(s.runqueue_ns, 50 + 400);
         assert_eq!(s.latencies_ns, vec![50, 400]);
-        assert_eq!(s.latencies_from_wakeup, 1);
+        assert_eq!((s.latencies_from_wakeup, s.latencies_from_wakeup_ns), (1, 50));
         assert_eq!((s.voluntary_switches, s.involuntary_switches), (1, 1));
         assert_eq!(s.wakers.get(&W), Some(&1));
         assert_eq!(s.preempted_by.get(&W), Some(&1));

@@ -165,6 +165,9 @@ pub struct Latency {
     pub count: u64,
     pub from_wakeup: u64,
     pub from_preemption: u64,
+    /// The time of those that followed a wake-up, and of those that followed a preemption.
+    pub from_wakeup_ns: u64,
+    pub from_preemption_ns: u64,
     pub avg_ns: u64,
     pub p50_ns: u64,
     pub p99_ns: u64,
@@ -507,10 +510,13 @@ pub(crate) fn latency(ts: &[&ThreadStats]) -> Latency {
     let count = all.len() as u64;
     let total = sum(all.iter().copied());
     let from_wakeup: u64 = ts.iter().map(|t| t.latencies_from_wakeup).sum();
+    let from_wakeup_ns = sum(ts.iter().map(|t| t.latencies_from_wakeup_ns));
     Latency {
         count,
         from_wakeup,
         from_preemption: count - from_wakeup,
+        from_wakeup_ns,
+        from_preemption_ns: total.saturating_sub(from_wakeup_ns),
         avg_ns: total / count,
         p50_ns,
         p99_ns,

@@ -59,10 +59,24 @@ pub fn encode(records: &[u8]) -> Result<Vec<u8>, String> {
         out.put_u32_le(offsets.len() as u32);
     }
     out.extend_from_slice(&kinds);
+    // The transpose of `decode`, run backwards: a block of records is copied whole into a
+    // scratch block, then scattered to the planes a run of bytes per plane. (Plane by plane over
+    // the whole chunk walks every record once per byte of it: the recorder's hottest loop at
+    // full-level Go event rates.)
+    let mut at = out.len();
+    out.resize(at + records.len(), 0);
+    let mut scratch = [0u8; TRANSPOSE_BLOCK * u8::MAX as usize];
     for (_, size, offsets) in &groups {
-        for b in 0..*size as usize {
-            out.extend(offsets.iter().map(|&o| records[o + b]));
+        let (size, n) = (*size as usize, offsets.len());
+        let group_planes = &mut out[at..at + size * n];
+        let block = &mut scratch[..TRANSPOSE_BLOCK * size];
+        for (k, block_offsets) in offsets.chunks(TRANSPOSE_BLOCK).enumerate() {
+            for (&o, row) in block_offsets.iter().zip(block.chunks_exact_mut(size)) {
+                row.copy_from_slice(&records[o..o + size]);
+            }
+            scatter_block(block, n, size, k * TRANSPOSE_BLOCK, block_offsets.len(), group_planes);
         }
+        at += size * n;
     }
     Ok(out)
 }
@@ -168,6 +182,33 @@ fn gather_block(planes: &[u8], records: usize, size: usize, first: usize, len: u
     }
 }
 
+/// Scatters `block` (records `first..first + len` of a group, record after record) into the
+/// group's planes: the inverse of [`gather_block`], with the same 8×8 transpose.
+fn scatter_block(block: &[u8], records: usize, size: usize, first: usize, len: usize, planes: &mut [u8]) {
+    let (wide_records, wide_planes) = (len / 8 * 8, size / 8 * 8);
+    for b0 in (0..wide_planes).step_by(8) {
+        for j in (0..wide_records).step_by(8) {
+            let m: [u64; 8] = std::array::from_fn(|k| {
+                let at = (j + k) * size + b0;
+                let mut row = [0u8; 8];
+                row.copy_from_slice(&block[at..at + 8]);
+                u64::from_le_bytes(row)
+            });
+            for (i, run) in transpose_8x8(m).into_iter().enumerate() {
+                let at = (b0 + i) * records + first + j;
+                planes[at..at + 8].copy_from_slice(&run.to_le_bytes());
+            }
+        }
+    }
+    let mut one = |j: usize, b: usize| planes[b * records + first + j] = block[j * size + b];
+    for j in 0..wide_records {
+        (wide_planes..size).for_each(|b| one(j, b));
+    }
+    for j in wide_records..len {
+        (0..size).for_each(|b| one(j, b));
+    }
+}
+
 /// Transposes an 8×8 byte matrix held as eight little-endian rows: byte `k` of row `i` becomes
 /// byte `i` of row `k`. Three rounds of swapping blocks across the diagonal (4×4, 2×2, 1×1),
 /// written out so that the rows stay in registers.
@@ -239,6 +280,14 @@ mod tests {
                         );
                     }
                 }
+                // And back: scattering the rows rebuilds the planes.
+                let mut again = vec![0u8; planes.len()];
+                for (n, first) in (0..records).step_by(TRANSPOSE_BLOCK).enumerate() {
+                    let len = (records - first).min(TRANSPOSE_BLOCK);
+                    let at = n * TRANSPOSE_BLOCK * size;
+                    scatter_block(&block[at..at + len * size], records, size, first, len, &mut again);
+                }
+                assert_eq!(again, planes, "size {size}, {records} records scattered");
             }
         }
     }
@@ -247,6 +296,22 @@ mod tests {
     fn records_come_back_in_their_order() {
         let records = sample();
         let encoded = encode(&records).unwrap();
+        // The planes are the records' bytes plane by plane, kind by kind in order of appearance.
+        let mut groups: Vec<(u8, Vec<&[u8]>)> = Vec::new();
+        let mut at = 0;
+        while at < records.len() {
+            let (kind, size) = peek_kind_size(&records[at..]).unwrap();
+            match groups.iter_mut().find(|g| g.0 == kind) {
+                Some(g) => g.1.push(&records[at..at + size]),
+                None => groups.push((kind, vec![&records[at..at + size]])),
+            }
+            at += size;
+        }
+        let planes: Vec<u8> = groups
+            .iter()
+            .flat_map(|(_, rows)| (0..rows[0].len()).flat_map(move |b| rows.iter().map(move |r| r[b])))
+            .collect();
+        assert_eq!(&encoded[encoded.len() - planes.len()..], &planes[..]);
         // Into a reused buffer that held something else, longer or shorter.
         for held in [0, 100, records.len() + 100] {
             let mut back = vec![0xa5; held];
