@@ -125,7 +125,7 @@ pub struct GoProbeSite {
 }
 
 /// The runtime functions probed at entry (after their stack-check prologue), by point.
-const ENTRY_POINTS: [(&str, &str); 10] = [
+const ENTRY_POINTS: [(&str, &str); 16] = [
     ("execute", "runtime.execute"),
     ("gopark", "runtime.gopark"),
     ("ready", "runtime.ready"),
@@ -140,7 +140,23 @@ const ENTRY_POINTS: [(&str, &str); 10] = [
     // Stop-the-world, with its reason, and the restart.
     ("stw_stop", "runtime.stopTheWorldWithSema"),
     ("stw_start", "runtime.startTheWorldWithSema"),
+    // Attached only on request (`--go-casgstatus`), for they fire several times per switch:
+    // every status change of a goroutine, and its system calls (from Go 1.26 the runtime changes
+    // the status around one without `casgstatus`). All `nosplit`: no stack check, the first
+    // instruction is the `push %rbp`.
+    ("casgstatus", "runtime.casgstatus"),
+    ("syscall_enter", "runtime.reentersyscall"),
+    ("syscall_enter_block", "runtime.entersyscallblock"),
+    ("syscall_exit", "runtime.exitsyscall"),
+    // ...whose slow path found no P: the goroutine goes to a run queue, its thread to sleep
+    // (`mcall`ed, the goroutine in RAX). Named so from Go 1.26, `exitsyscall0` before.
+    ("syscall_exit_no_p", "runtime.exitsyscallNoP"),
+    ("syscall_exit_no_p", "runtime.exitsyscall0"),
 ];
+
+/// The probe points attached only on request (see [`ENTRY_POINTS`]).
+pub const ON_REQUEST_POINTS: [&str; 5] =
+    ["casgstatus", "syscall_enter", "syscall_enter_block", "syscall_exit", "syscall_exit_no_p"];
 
 /// One function of the binary: entry address (link-time virtual address) and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,7 +485,12 @@ fn probe_sites(elf: &object::File, functions: &[GoFunction]) -> (Vec<GoProbeSite
     };
     for (point, name) in ENTRY_POINTS {
         let Some(f) = named(functions, name) else {
-            missing.push(format!("{point}: no function {name}"));
+            // A point probed in one of two functions (by Go version) misses only without both.
+            let alternative =
+                ENTRY_POINTS.iter().any(|(p, n)| *p == point && *n != name && named(functions, n).is_some());
+            if !alternative {
+                missing.push(format!("{point}: no function {name}"));
+            }
             continue;
         };
         let code = bytes_at(elf, f.entry, 16).unwrap_or_default();

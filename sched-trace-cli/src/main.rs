@@ -73,6 +73,12 @@ enum Command {
         /// threads only.
         #[arg(long, value_enum, default_value = "identity")]
         go: sched_trace::record::go::GoLevel,
+        /// With `--go full`: also probe `runtime.casgstatus`, every change of a goroutine's
+        /// status, to see its system calls (the time its thread slept in one is the goroutine's
+        /// blocking-call time, not "blocked in the kernel"). Several more uprobe hits per
+        /// goroutine switch: see BENCHMARKS.md.
+        #[arg(long)]
+        go_casgstatus: bool,
         /// Stacks to capture, comma-separated: `oncpu` (CPU-clock samples of the traced
         /// threads), `offcpu` (at every switch-out), `wakeup` (the waker's, at every wake-up),
         /// or `none`. A stack walk at every switch costs: see BENCHMARKS.md.
@@ -356,6 +362,7 @@ fn main() -> ExitCode {
             usdt,
             no_usdt,
             go,
+            go_casgstatus,
             stacks,
             sample_hz,
             stack_map_entries,
@@ -363,6 +370,10 @@ fn main() -> ExitCode {
         } => {
             if !pids.is_empty() && !command.is_empty() {
                 eprintln!("error: give either --pid or a command, not both");
+                return ExitCode::from(2);
+            }
+            if go_casgstatus && go != sched_trace::record::go::GoLevel::Full {
+                eprintln!("error: --go-casgstatus adds to the full level: give --go full with it");
                 return ExitCode::from(2);
             }
             let opts = RecordOptions {
@@ -378,6 +389,7 @@ fn main() -> ExitCode {
                 usdt_binaries: usdt,
                 usdt: !no_usdt,
                 go,
+                go_casgstatus,
                 stacks: StackOptions {
                     oncpu_hz: stacks.oncpu.then_some(sample_hz),
                     offcpu: stacks.offcpu,
@@ -800,6 +812,7 @@ fn run_demo(dir: &Path, workload: &str) -> Result<i32> {
         usdt_binaries: Vec::new(),
         usdt: true,
         go: Default::default(),
+        go_casgstatus: false,
         // The demo's flame graphs: where tasks ran, and where they waited.
         stacks: StackOptions { offcpu: true, wakeup: true, ..RecordOptions::DEFAULT_STACKS },
     })?;

@@ -538,3 +538,55 @@ fn the_full_level_sees_every_creation_exit_and_wait_reason() {
         }
     }
 }
+
+/// `--go-casgstatus` adds every goroutine status change to the full level: the program's
+/// syscaller goroutine sleeps in `nanosleep` system calls (2 ms each, counted by the program),
+/// which is then its blocking-call time; without it, the same sleep is only "blocked in the
+/// kernel". Asking for it without `--go full` is refused.
+#[test]
+fn casgstatus_on_request_shows_a_goroutines_system_calls() {
+    let Some(_k) = kernel_probes() else { return };
+    let tools = toolchains();
+    let dir = tempfile::tempdir().unwrap();
+    let refused = record(&dir.path().join("refused.trace"), &["--go-casgstatus", "--", "true"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("--go full"), "{}", stderr(&refused));
+    for (version, go) in [tools.first(), tools.last()].into_iter().flatten() {
+        let exe = build(version, go, false);
+        for casgstatus in [true, false] {
+            let trace = dir.path().join(format!("{version}-{casgstatus}.trace"));
+            let mut args = vec!["--go", "full"];
+            if casgstatus {
+                args.push("--go-casgstatus");
+            }
+            args.extend(["--", exe.to_str().unwrap(), "-duration", "1s", "-gcs", "1"]);
+            let out = record(&trace, &args);
+            assert!(out.status.success(), "Go {version}: {}", stderr(&out));
+            let me = program_result(&out.stdout);
+            let report = report_json(&trace);
+            let probes: Vec<&str> =
+                report["user_probes"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+            assert_eq!(probes.contains(&"casgstatus"), casgstatus, "Go {version}: {probes:?}");
+            let tasks = report["tasks"]["tasks"].as_array().unwrap();
+            let syscaller = tasks
+                .iter()
+                .find(|t| t["start_function"] == "main.syscaller")
+                .unwrap_or_else(|| panic!("Go {version}: no syscaller goroutine"));
+            let asleep = me["syscalls"].as_u64().unwrap() * 2_000_000;
+            assert!(asleep >= 40_000_000, "{me}");
+            let (blocking, blocked) = (
+                syscaller["blocking_call_ns"].as_u64().unwrap(),
+                syscaller["kernel_blocked_ns"].as_u64().unwrap(),
+            );
+            let (inside, outside) = if casgstatus { (blocking, blocked) } else { (blocked, blocking) };
+            assert!(
+                inside as f64 >= 0.9 * asleep as f64 && (outside as f64) < 0.1 * asleep as f64,
+                "Go {version}, casgstatus {casgstatus}: {} ms in {} nanosleep calls; blocking call {} ms, \
+                 blocked in the kernel {} ms",
+                asleep / 1_000_000,
+                me["syscalls"],
+                blocking / 1_000_000,
+                blocked / 1_000_000
+            );
+        }
+    }
+}

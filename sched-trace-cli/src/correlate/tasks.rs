@@ -176,6 +176,25 @@ fn go_transition(name: &str, reasons: &BTreeMap<u64, String>, args: &[u64]) -> O
         return None;
     }
     let t = match name {
+        // A system call (`--go-casgstatus`), from its entry and exit functions, and from the
+        // status changes into and out of one (before Go 1.26); the other status changes the
+        // other probes say. Leaving one for the run queue (exitsyscall found no P) also leaves
+        // the thread, like a yield.
+        "syscall_enter" | "syscall_enter_block" => return Some((goid, Transition::BlockEnter)),
+        "syscall_exit" => return Some((goid, Transition::BlockExit)),
+        "syscall_exit_no_p" => Transition::Park { reason: ParkReason::Yield, fd: None, wait: None },
+        "casgstatus" => {
+            const SCAN: u64 = 0x1000;
+            let status = |i: usize| reasons.get(&(arg(i) & !SCAN)).map(String::as_str);
+            return match (status(1), status(2)) {
+                (_, Some("_Gsyscall")) => Some((goid, Transition::BlockEnter)),
+                (Some("_Gsyscall"), Some("_Grunnable")) => {
+                    Some((goid, Transition::Park { reason: ParkReason::Yield, fd: None, wait: None }))
+                }
+                (Some("_Gsyscall"), _) => Some((goid, Transition::BlockExit)),
+                _ => None,
+            };
+        }
         "execute" => Transition::Run { p: None },
         "newproc" => Transition::Spawn { parent: None, queue: Queue::Unknown },
         // The waker is the goroutine its thread ran (none: a timer, the scheduler itself).
@@ -616,6 +635,7 @@ impl TaskTracker {
                 let ran_on = entry.running_on();
                 completed[0] = entry.set_state(ts, next);
                 entry.runnable_by = None;
+                entry.in_blocking_call = false;
                 self.stop_running(key, tid, ran_on);
             }
             Transition::Exit => {
@@ -977,6 +997,41 @@ mod tests {
         assert_eq!(s.parked_ns.get(&ParkReason::Netpoll), Some(&40));
         assert_eq!((s.parked_by_wait.get(&2), s.wakers.get(&Waker::Netpoller)), (Some(&40), Some(&1)));
         assert_eq!(s.samples.get(Metric::Netpoll), 1);
+    }
+
+    #[test]
+    fn go_status_changes_bracket_system_calls() {
+        let statuses: BTreeMap<u64, String> =
+            [(1, "_Grunnable"), (2, "_Grunning"), (3, "_Gsyscall"), (4, "_Gwaiting")]
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect();
+        let cas =
+            |old: u64, new: u64| transition("go", "casgstatus", &statuses, &[9, old, new]).map(|(_, t)| t);
+        assert_eq!(cas(2, 3), Some(Transition::BlockEnter));
+        assert_eq!(cas(3, 2), Some(Transition::BlockExit));
+        // The scan bit (a GC scanning the stack) is not a status of its own.
+        assert_eq!(cas(3 | 0x1000, 2), Some(Transition::BlockExit));
+        assert_eq!(cas(3, 1), Some(Transition::Park { reason: ParkReason::Yield, fd: None, wait: None }));
+        assert_eq!((cas(1, 2), cas(2, 4)), (None, None), "the other probes say those");
+        // The system call probes (Go 1.26 changes the status for one without casgstatus).
+        let call = |name| transition("go", name, &statuses, &[9]).map(|(_, t)| t);
+        assert_eq!(
+            (call("syscall_enter"), call("syscall_enter_block"), call("syscall_exit")),
+            (Some(Transition::BlockEnter), Some(Transition::BlockEnter), Some(Transition::BlockExit))
+        );
+        assert_eq!(call("syscall_exit_no_p"), cas(3, 1));
+        // Asleep in the kernel inside a system call: blocking-call time, not kernel-blocked.
+        let mut t = TaskTracker::default();
+        t.apply(0, 1, 10, 9, Transition::Run { p: None });
+        t.flush(10, 10, RUNNING, false);
+        t.apply(10, 1, 10, 9, cas(2, 3).unwrap());
+        t.flush(10, 30, off(OffCpu::Sleeping), false);
+        t.apply(30, 1, 10, 9, cas(3, 2).unwrap());
+        t.flush(10, 35, RUNNING, false);
+        t.flush(10, 45, off(OffCpu::Sleeping), false);
+        let s = &t.finish(45, |_| RUNNING)[0];
+        assert_eq!((s.on_cpu_ns, s.blocking_call_ns, s.kernel_blocked_ns), (15, 20, 10));
     }
 
     #[test]

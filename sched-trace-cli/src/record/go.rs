@@ -4,13 +4,13 @@
 //! the model every runtime uses (a probe-table entry `go:goroutine`), plus a `GO` table.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     sync::Arc,
 };
 
 use sched_trace_abi::{GoIdentity, go_identity_arg};
-use sched_trace_binaries::go::{GoBinary, GoError, LayoutSource};
+use sched_trace_binaries::go::{GoBinary, GoError, LayoutSource, ON_REQUEST_POINTS};
 
 use crate::trace::{
     UserProbe,
@@ -28,7 +28,8 @@ pub enum GoLevel {
     /// The runtime's scheduler itself, with uprobes after the stack-check prologue of
     /// `execute`, `gopark` (with the wait reason), `ready`, `goroutineReady`, `goexit0`,
     /// `goschedImpl` and `preemptPark`, and after `newproc1` returns: every run, park, yield,
-    /// preemption, wake-up, creation and exit of a goroutine.
+    /// preemption, wake-up, creation and exit of a goroutine. With `--go-casgstatus`, also
+    /// `casgstatus`: every status change, so the goroutines' system calls too.
     Full,
 }
 
@@ -298,13 +299,16 @@ impl GoArg {
 }
 
 /// The probes of the full level for `binary` (indexes to be assigned), with how each reads its
-/// arguments: one per scheduling point found in it, the goroutine's id first.
-pub fn full_probes(binary: &GoBinary) -> Vec<(UserProbe, Vec<GoArg>)> {
+/// arguments: one per scheduling point found in it, the goroutine's id first; `casgstatus` only
+/// when asked for.
+pub fn full_probes(binary: &GoBinary, casgstatus: bool) -> Vec<(UserProbe, Vec<GoArg>)> {
     let l = &binary.layout;
     let (goid, startpc) = (l.g_goid, l.g_startpc);
+    let statuses: BTreeMap<u64, String> = l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect();
     binary
         .probe_sites
         .iter()
+        .filter(|site| casgstatus || !ON_REQUEST_POINTS.contains(&site.point))
         .filter_map(|site| {
             let args = match site.point {
                 // execute(gp, …) and the new g newproc1 returns: RAX.
@@ -326,6 +330,16 @@ pub fn full_probes(binary: &GoBinary) -> Vec<(UserProbe, Vec<GoArg>)> {
                 // stopTheWorldWithSema(reason stwReason): AL.
                 "stw_stop" => vec![GoArg::new("ax", &[], 1)],
                 "stw_start" => Vec::new(),
+                // A system call's entry and exit, on the goroutine's own stack (R14)...
+                "syscall_enter" | "syscall_enter_block" | "syscall_exit" => {
+                    vec![GoArg::new("r14", &[goid], 8)]
+                }
+                // ...and its slow path, on g0 with the goroutine in RAX.
+                "syscall_exit_no_p" => vec![GoArg::new("ax", &[goid], 8)],
+                // casgstatus(gp, oldval, newval uint32): RAX, EBX, ECX.
+                "casgstatus" => {
+                    vec![GoArg::new("ax", &[goid], 8), GoArg::new("bx", &[], 4), GoArg::new("cx", &[], 4)]
+                }
                 _ => return None,
             };
             let probe = UserProbe {
@@ -338,6 +352,7 @@ pub fn full_probes(binary: &GoBinary) -> Vec<(UserProbe, Vec<GoArg>)> {
                 reasons: match site.point {
                     "gopark" => l.wait_reasons.clone(),
                     "stw_stop" => l.stw_reasons.clone(),
+                    "casgstatus" => statuses.clone(),
                     _ => Default::default(),
                 },
             };

@@ -144,8 +144,10 @@ pub struct RecordOptions {
     pub usdt_binaries: Vec<PathBuf>,
     /// Attach the USDT probes of the traced executables (and of `usdt_binaries`).
     pub usdt: bool,
-    /// How Go programs' goroutines are followed.
+    /// How Go programs' goroutines are followed...
     pub go: go::GoLevel,
+    /// ...and, at the full level, whether `runtime.casgstatus` is probed too.
+    pub go_casgstatus: bool,
     /// Which stacks to capture (CPU samples, switch-outs, wake-ups).
     pub stacks: StackOptions,
 }
@@ -259,7 +261,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut binaries: Vec<PathBuf> = command.iter().map(|c| c.program().to_path_buf()).collect();
     binaries.extend(opts.pids.iter().map(|p| PathBuf::from(format!("/proc/{p}/exe"))));
     binaries.extend(opts.usdt_binaries.iter().cloned());
-    let mut usdt = UsdtCatalog::new(opts.usdt, &kernel);
+    let mut usdt = UsdtCatalog::new(opts.usdt, opts.go_casgstatus, &kernel);
     let mut skipped = Vec::new();
     let initial_probes = usdt.add(&binaries, &mut skipped);
     // Go programs among the targets: their goroutines are read at every switch-out.
@@ -621,6 +623,8 @@ struct GoAdopted {
 /// trace's probe table, and how the kernel reads each probe's arguments.
 struct UsdtCatalog {
     enabled: bool,
+    /// Probe Go's `casgstatus` at the full level.
+    go_casgstatus: bool,
     /// Executables already inspected...
     seen: std::collections::HashSet<FileId>,
     /// ...and those whose Go scheduler probes were added.
@@ -631,9 +635,10 @@ struct UsdtCatalog {
 }
 
 impl UsdtCatalog {
-    fn new(enabled: bool, kernel: &KernelFacts) -> Self {
+    fn new(enabled: bool, go_casgstatus: bool, kernel: &KernelFacts) -> Self {
         UsdtCatalog {
             enabled,
+            go_casgstatus,
             seen: Default::default(),
             go_seen: Default::default(),
             table: Vec::new(),
@@ -753,11 +758,17 @@ impl UsdtCatalog {
         if !self.go_seen.insert(FileId::of(Path::new(&binary.path))) {
             return start..start;
         }
-        for why in &binary.missing_sites {
+        let asked = |why: &&String| {
+            self.go_casgstatus
+                || !sched_trace_binaries::go::ON_REQUEST_POINTS
+                    .iter()
+                    .any(|p| why.starts_with(&format!("{p}:")))
+        };
+        for why in binary.missing_sites.iter().filter(asked) {
             eprintln!("sched-trace: warning: {}: Go probe {why}: not attached", binary.path);
             skipped.push(format!("{}: Go probe {why}", binary.path));
         }
-        for (mut probe, args) in go::full_probes(binary) {
+        for (mut probe, args) in go::full_probes(binary, self.go_casgstatus) {
             let mut spec = sched_trace_abi::UsdtSpec { nargs: args.len() as u32, ..Default::default() };
             let read = args.iter().zip(spec.args.iter_mut()).try_for_each(|(a, slot)| {
                 *slot = a.kernel_arg(|r| self.pt_regs.get(r).copied()).ok_or("an argument it cannot read")?;

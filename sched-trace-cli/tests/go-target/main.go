@@ -34,6 +34,7 @@ var (
 	clients    = flag.Int("clients", 4, "echo clients")
 	gcs        = flag.Int("gcs", 5, "forced garbage collections")
 	sleepers   = flag.Int("sleepers", 3, "goroutines that sleep 1 ms in a loop")
+	syscalls   = flag.Int("syscalls", 50, "blocking 2 ms nanosleep system calls made by one goroutine")
 	waitSignal = flag.Bool("wait", false, "print the pid, then wait for a line on stdin before starting")
 	traceFile  = flag.String("trace", "", "write Go's own execution trace (runtime/trace) to this file")
 )
@@ -87,6 +88,7 @@ type result struct {
 	LockedGoid   int64            `json:"locked_goid"`
 	LockedTid    int              `json:"locked_tid"`
 	LockedSpins  int64            `json:"locked_spins"`
+	Syscalls     int64            `json:"syscalls"`
 	SpinGoid     int64            `json:"spin_goid"`
 	PingPongs    int64            `json:"ping_pongs"`
 	Echoes       int64            `json:"echoes"`
@@ -101,6 +103,7 @@ var (
 	deadline           time.Time
 	pingPongs, echoes  atomic.Int64
 	conns, lockedSpins atomic.Int64
+	syscallsMade       atomic.Int64
 	ping, pong         = make(chan int), make(chan int)
 	listener           net.Listener
 	spinGoid           = make(chan int64, 1)
@@ -174,6 +177,17 @@ func sleeper(wg *sync.WaitGroup) {
 	defer finished("main.sleeper", wg)
 	for time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A goroutine in blocking system calls: nanosleep(2 ms) through syscall.Syscall, so that the
+// runtime sees it enter and leave a syscall (entersyscall / exitsyscall), unlike a timer sleep.
+func syscaller(wg *sync.WaitGroup) {
+	defer finished("main.syscaller", wg)
+	ts := syscall.Timespec{Nsec: 2_000_000}
+	for i := 0; i < *syscalls && time.Now().Before(deadline); i++ {
+		syscall.Syscall(syscall.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
+		syscallsMade.Add(1)
 	}
 }
 
@@ -265,6 +279,8 @@ func main() {
 			started("main.sleeper", &wg)
 			go sleeper(&wg)
 		}
+		started("main.syscaller", &wg)
+		go syscaller(&wg)
 		started("main.spinner", &wg)
 		go spinner(&wg)
 		res.SpinGoid = <-spinGoid
@@ -286,6 +302,7 @@ func main() {
 	runtime.ReadMemStats(&ms)
 	res.NumGC = ms.NumGC
 	res.LockedSpins = lockedSpins.Load()
+	res.Syscalls = syscallsMade.Load()
 	res.Created, res.Exited = counts(&created), counts(&exited)
 	res.PingPongs, res.Echoes, res.EchoConns = pingPongs.Load(), echoes.Load(), conns.Load()
 	res.ElapsedNanos = time.Since(start).Nanoseconds()

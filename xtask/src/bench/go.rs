@@ -40,16 +40,18 @@ pub fn go_overhead(root: &Path, go: &Path, runs: usize, seconds: u32) -> Result<
         "sched-trace record (identity level, the default)",
         "Go runtime/trace",
         "sched-trace record --go full (scheduler uprobes)",
+        "sched-trace record --go full --go-casgstatus",
     ];
-    let mut sizes = [0u64; 5];
+    let mut sizes = [0u64; 6];
     let samples = interleaved(labels.len(), runs, |i| {
         let mut cmd = match i {
-            1 | 2 | 4 => {
+            1 | 2 | 4 | 5 => {
                 let mut c = Command::new(&sched_trace);
                 c.args(["record", "--quiet", "-o"]).arg(&trace);
                 match i {
                     1 => drop(c.args(["--go", "off"])),
                     4 => drop(c.args(["--go", "full"])),
+                    5 => drop(c.args(["--go", "full", "--go-casgstatus"])),
                     _ => {}
                 }
                 c.arg("--").arg(&exe);
