@@ -539,12 +539,14 @@ fn the_full_level_sees_every_creation_exit_and_wait_reason() {
     }
 }
 
-/// `--go-casgstatus` adds every goroutine status change to the full level: the program's
-/// syscaller goroutine sleeps in `nanosleep` system calls (2 ms each, counted by the program),
-/// which is then its blocking-call time; without it, the same sleep is only "blocked in the
-/// kernel". Asking for it without `--go full` is refused.
+/// A goroutine's sleep in a system call is its blocking-call time, not "blocked in the kernel":
+/// the program's syscaller goroutine sleeps in `nanosleep` system calls (2 ms each, counted by
+/// the program). The identity level tells by the goroutine's status at the switch-out
+/// (`_Gsyscall`); the full level only with `--go-casgstatus` (every status change, and the
+/// system call probes), without which the same sleep is only "blocked in the kernel". Asking for
+/// `--go-casgstatus` without `--go full` is refused.
 #[test]
-fn casgstatus_on_request_shows_a_goroutines_system_calls() {
+fn a_goroutines_system_calls_are_its_blocking_time() {
     let Some(_k) = kernel_probes() else { return };
     let tools = toolchains();
     let dir = tempfile::tempdir().unwrap();
@@ -552,12 +554,13 @@ fn casgstatus_on_request_shows_a_goroutines_system_calls() {
     assert!(!refused.status.success() && stderr(&refused).contains("--go full"), "{}", stderr(&refused));
     for (version, go) in [tools.first(), tools.last()].into_iter().flatten() {
         let exe = build(version, go, false);
-        for casgstatus in [true, false] {
-            let trace = dir.path().join(format!("{version}-{casgstatus}.trace"));
-            let mut args = vec!["--go", "full"];
-            if casgstatus {
-                args.push("--go-casgstatus");
-            }
+        for (name, level, sees_calls) in [
+            ("identity", &["--go", "identity"][..], true),
+            ("full", &["--go", "full"], false),
+            ("full with casgstatus", &["--go", "full", "--go-casgstatus"], true),
+        ] {
+            let trace = dir.path().join(format!("{version}-{name}.trace"));
+            let mut args = level.to_vec();
             args.extend(["--", exe.to_str().unwrap(), "-duration", "1s", "-gcs", "1"]);
             let out = record(&trace, &args);
             assert!(out.status.success(), "Go {version}: {}", stderr(&out));
@@ -565,23 +568,27 @@ fn casgstatus_on_request_shows_a_goroutines_system_calls() {
             let report = report_json(&trace);
             let probes: Vec<&str> =
                 report["user_probes"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
-            assert_eq!(probes.contains(&"casgstatus"), casgstatus, "Go {version}: {probes:?}");
+            assert_eq!(
+                probes.contains(&"casgstatus"),
+                name == "full with casgstatus",
+                "Go {version}: {probes:?}"
+            );
             let tasks = report["tasks"]["tasks"].as_array().unwrap();
             let syscaller = tasks
                 .iter()
                 .find(|t| t["start_function"] == "main.syscaller")
-                .unwrap_or_else(|| panic!("Go {version}: no syscaller goroutine"));
+                .unwrap_or_else(|| panic!("Go {version} {name}: no syscaller goroutine"));
             let asleep = me["syscalls"].as_u64().unwrap() * 2_000_000;
             assert!(asleep >= 40_000_000, "{me}");
             let (blocking, blocked) = (
                 syscaller["blocking_call_ns"].as_u64().unwrap(),
                 syscaller["kernel_blocked_ns"].as_u64().unwrap(),
             );
-            let (inside, outside) = if casgstatus { (blocking, blocked) } else { (blocked, blocking) };
+            let (inside, outside) = if sees_calls { (blocking, blocked) } else { (blocked, blocking) };
             assert!(
                 inside as f64 >= 0.9 * asleep as f64 && (outside as f64) < 0.1 * asleep as f64,
-                "Go {version}, casgstatus {casgstatus}: {} ms in {} nanosleep calls; blocking call {} ms, \
-                 blocked in the kernel {} ms",
+                "Go {version}, {name}: {} ms in {} nanosleep calls; blocking call {} ms, blocked in the \
+                 kernel {} ms",
                 asleep / 1_000_000,
                 me["syscalls"],
                 blocking / 1_000_000,

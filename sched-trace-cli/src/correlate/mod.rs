@@ -159,15 +159,17 @@ impl Correlator {
         // the last event on the thread. One of no task comes after it: the last task keeps the
         // stretch (see `tasks`).
         let observed = match transition {
-            Some((task, Transition::Observed { start_pc })) => Some(((task != 0).then_some(task), start_pc)),
+            Some((task, Transition::Observed { start_pc, in_system_call })) => {
+                Some((task != 0).then_some(tasks::Observation { task, start_pc, in_system_call }))
+            }
             _ => None,
         };
-        if let Some((Some(task), start_pc)) = observed {
+        if let Some(Some(seen)) = observed {
             let since = match self.threads.state(e.tid) {
                 ThreadState::Running { since, .. } => since,
                 _ => e.ts,
             };
-            self.tasks.observe(e.ts, e.pid, e.tid, Some(task), start_pc, since);
+            self.tasks.observe(e.ts, e.pid, e.tid, Some(seen), since);
         }
         // Close the segments of tasks running on the threads this event concerns, with the
         // thread state that held until now.
@@ -180,8 +182,8 @@ impl Correlator {
                 self.tasks.flush(tid, e.ts, self.threads.state(tid), false);
             }
         }
-        if let Some((None, _)) = observed {
-            self.tasks.observe(e.ts, e.pid, e.tid, None, 0, e.ts);
+        if let Some(None) = observed {
+            self.tasks.observe(e.ts, e.pid, e.tid, None, e.ts);
         }
         self.threads.event(e);
         if let EventKind::UserTask { probe: index, args, .. } = e.kind {

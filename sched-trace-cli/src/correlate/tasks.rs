@@ -14,7 +14,8 @@
 //! the task observed owns the thread from the start of the stretch that ends there (the thread's
 //! switch-in, or the last event on it) and keeps it through the thread's off-CPU time after it
 //! (preempted: CFS-stolen; asleep in a syscall: blocked in the kernel) until another observation
-//! names someone else. A thread seen running no task (in the scheduler, on its way to sleep for
+//! names someone else (Go: asleep in a system call, the goroutine's status `_Gsyscall` at the
+//! switch-out, is a blocking call). A thread seen running no task (in the scheduler, on its way to sleep for
 //! lack of work, or handing a locked goroutine back) gives the stretch that ends there to the
 //! task it ran before: the scheduler's search is short next to a task's run, and the task had
 //! the thread until it left it somewhere in that stretch. Its time outside runs is not known
@@ -98,10 +99,20 @@ pub enum Transition {
     BlockEnter,
     BlockExit,
     /// The task is the one running on the thread now (`task` 0: none is), as sampled from outside
-    /// the runtime. `start_pc`: the function it started with.
+    /// the runtime. `start_pc`: the function it started with; `in_system_call`: the runtime has
+    /// it in a system call (Go's `_Gsyscall`).
     Observed {
         start_pc: u64,
+        in_system_call: bool,
     },
+}
+
+/// What an observation saw running on a thread (see [`TaskTracker::observe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub task: u64,
+    pub start_pc: u64,
+    pub in_system_call: bool,
 }
 
 /// Interprets a user-level probe hit as a task transition: `(task, transition)`, or `None` for
@@ -159,7 +170,9 @@ fn go_transition(name: &str, reasons: &BTreeMap<u64, String>, args: &[u64]) -> O
     match name {
         "goroutine" => {
             use sched_trace_abi::go_identity_arg as a;
-            return Some((arg(a::GOID), Transition::Observed { start_pc: arg(a::STARTPC) }));
+            // The statuses are named in the probe's table entry (from the binary's DWARF).
+            let in_system_call = reasons.get(&(arg(a::STATUS) & !0x1000)).is_some_and(|s| s == "_Gsyscall");
+            return Some((arg(a::GOID), Transition::Observed { start_pc: arg(a::STARTPC), in_system_call }));
         }
         // The goroutines parked on the fd for reading and for writing, and the mode ('r', 'w'
         // or both, 'r' + 'w'): the reader first.
@@ -658,10 +671,15 @@ impl TaskTracker {
     /// (`None`: no task) at `ts`. `since`: where the stretch of the thread that ends at `ts`
     /// began (its switch-in), used when no task was on it. Call before the thread's segment is
     /// flushed to `ts`: a change of task gives the whole unflushed stretch to the new task.
-    pub fn observe(&mut self, ts: u64, pid: u32, tid: u32, task: Option<u64>, start_pc: u64, since: u64) {
+    pub fn observe(&mut self, ts: u64, pid: u32, tid: u32, seen: Option<Observation>, since: u64) {
         let current = self.running.get(&tid).copied();
-        let new = task.map(|t| (pid, t));
+        let new = seen.map(|o| (pid, o.task));
         if current.map(|(k, _)| k) == new {
+            // Still the same task: whether it is in a system call now decides what its thread's
+            // off-CPU time after this is.
+            if let Some(t) = new.and_then(|k| self.tasks.get_mut(&k)) {
+                t.in_blocking_call = seen.is_some_and(|o| o.in_system_call);
+            }
             return;
         }
         // The change happened somewhere in the unflushed stretch: at its start.
@@ -673,12 +691,13 @@ impl TaskTracker {
                 self.emit(cut);
             }
         }
-        let Some(key) = new else { return };
+        let (Some(key), Some(seen)) = (new, seen) else { return };
         let (record, window) = (self.record_timelines, self.window);
         let entry = self.tasks.entry(key).or_insert_with(|| Task::new(key, at, record, window));
-        if start_pc != 0 {
-            entry.stats.start_pc = Some(start_pc);
+        if seen.start_pc != 0 {
+            entry.stats.start_pc = Some(seen.start_pc);
         }
+        entry.in_blocking_call = seen.in_system_call;
         // Seen on another thread until now: that run ends where this one starts.
         if let Some(elsewhere) = entry.running_on()
             && self.running.get(&elsewhere).is_some_and(|(k, _)| *k == key)
@@ -931,20 +950,21 @@ mod tests {
     fn an_observed_task_owns_its_thread_from_the_stretch_it_was_seen_in() {
         let mut t = TaskTracker::default();
         // Goroutine 7 seen at a switch-out at 100, its thread on CPU since 50.
-        t.observe(100, 1, 10, Some(7), 0xabc, 50);
+        let seen = |task, start_pc| Some(Observation { task, start_pc, in_system_call: false });
+        t.observe(100, 1, 10, seen(7, 0xabc), 50);
         t.flush(10, 100, RUNNING, false);
         // Preempted at 100, back at 160: CFS-stolen, the runtime still has it running.
         t.flush(10, 160, off(OffCpu::Preempted), false);
         // At 200 the thread runs goroutine 8: it takes the stretch since 160.
-        t.observe(200, 1, 10, Some(8), 0, 160);
+        t.observe(200, 1, 10, seen(8, 0), 160);
         t.flush(10, 200, RUNNING, false);
         // At 250 no goroutine (the caller flushes first): 8 keeps the stretch to 250.
         t.flush(10, 250, RUNNING, false);
-        t.observe(250, 1, 10, None, 0, 250);
+        t.observe(250, 1, 10, None, 250);
         t.flush(10, 270, RUNNING, false);
         // The same goroutine seen again on the same thread changes nothing.
-        t.observe(300, 1, 11, Some(7), 0xabc, 280);
-        t.observe(320, 1, 11, Some(7), 0xabc, 280);
+        t.observe(300, 1, 11, seen(7, 0xabc), 280);
+        t.observe(320, 1, 11, seen(7, 0xabc), 280);
         t.flush(11, 320, RUNNING, false);
         assert_eq!(t.anomalies().total(), 0, "observations never contradict each other");
         let all = t.finish(400, |_| RUNNING);
@@ -1036,13 +1056,25 @@ mod tests {
 
     #[test]
     fn reads_the_go_identity_records() {
+        let statuses: BTreeMap<u64, String> =
+            [(2, "_Grunning"), (3, "_Gsyscall")].into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        let seen = |args: &[u64]| transition("go", "goroutine", &statuses, args);
         assert_eq!(
-            transition("go", "goroutine", &NO_NAMES, &[31, 0x4a0, 2, 0, 0]),
-            Some((31, Transition::Observed { start_pc: 0x4a0 }))
+            seen(&[31, 0x4a0, 2, 0, 0]),
+            Some((31, Transition::Observed { start_pc: 0x4a0, in_system_call: false }))
+        );
+        assert_eq!(
+            seen(&[31, 0x4a0, 3, 0, 0]),
+            Some((31, Transition::Observed { start_pc: 0x4a0, in_system_call: true }))
+        );
+        assert_eq!(
+            seen(&[31, 0x4a0, 0x1003, 0, 0]),
+            Some((31, Transition::Observed { start_pc: 0x4a0, in_system_call: true })),
+            "scanned by the GC while in a system call"
         );
         assert_eq!(
             transition("go", "goroutine", &NO_NAMES, &[0, 0, 0, 0, 1]),
-            Some((0, Transition::Observed { start_pc: 0 }))
+            Some((0, Transition::Observed { start_pc: 0, in_system_call: false }))
         );
         assert_eq!(transition("go", "other", &NO_NAMES, &[1, 2, 3, 4, 5]), None);
     }

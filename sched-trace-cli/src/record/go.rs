@@ -147,7 +147,8 @@ impl GoPrograms {
             name: GOROUTINE_PROBE.into(),
             file_offset: 0,
             args: "goid startpc status waitreason on_system_stack".into(),
-            reasons: Default::default(),
+            // The statuses by name: the correlation tells a goroutine in a system call by them.
+            reasons: l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect(),
         };
         self.probes.insert(probe_index);
         self.followed.insert(pid, Followed { binary, bias, info });
