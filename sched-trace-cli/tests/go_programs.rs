@@ -504,6 +504,7 @@ fn the_full_level_sees_every_creation_exit_and_wait_reason() {
         let text =
             String::from_utf8_lossy(&output(sched_trace().arg("report").arg(&trace)).stdout).into_owned();
         assert!(text.contains("Tasks alive over time by start function"), "{text}");
+        assert!(text.contains("held back most often: "), "{text}");
         // Parks by the runtime's own wait reasons, named from its DWARF.
         let reasons: Vec<&str> = report["tasks"]["by_wait_reason"]
             .as_array()
@@ -526,6 +527,14 @@ fn the_full_level_sees_every_creation_exit_and_wait_reason() {
         // The goroutine that forced a GC runs when the world stops, and the spinner wants to.
         let held = report["go"][0]["stw_held_back_max"].as_u64().unwrap();
         assert!(held >= 1, "Go {version}: no goroutine held back by any pause");
+        // By name: the CPU-bound spinner is running or runnable whenever the world stops.
+        let by_name = report["go"][0]["stw_held_back_by_start_function"].as_array().unwrap();
+        let spinner = by_name.iter().find(|r| r[0] == "main.spinner").map_or(0, |r| r[1].as_u64().unwrap());
+        let all: u64 = stw.iter().map(|r| r[1]["count"].as_u64().unwrap()).sum();
+        assert!(
+            spinner * 2 >= all,
+            "Go {version}: the spinner held back by {spinner} of {all} pauses: {by_name:?}"
+        );
         // The echo clients park in the netpoller and the netpoller readies them.
         let tasks = report["tasks"]["tasks"].as_array().unwrap();
         let clients: Vec<&Value> =

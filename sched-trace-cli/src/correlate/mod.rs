@@ -192,7 +192,7 @@ impl Correlator {
                 && pauses::PauseTracker::wants(&p.provider, &p.name)
             {
                 let active = self.tasks.active_in(e.pid);
-                self.pauses.probe(&p.provider, &p.name, &p.reasons, &args, e.ts, e.pid, active);
+                self.pauses.probe(p, &args, e.ts, e.pid, active);
             }
             if let Some((task, t)) = transition
                 && !matches!(t, Transition::Observed { .. })

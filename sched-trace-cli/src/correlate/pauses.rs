@@ -7,22 +7,23 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::samples::Window;
+use crate::trace::UserProbe;
 
 /// One stop-the-world stretch of process `pid`, by its reason's name (`stwGCMarkTerm`), and
-/// how many of its goroutines were running or runnable when it began (held back by it).
+/// the goroutines of it that were running or runnable when it began (held back by it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuntimePause {
     pub pid: u32,
     pub start: u64,
     pub end: u64,
     pub reason: String,
-    pub held_back: u64,
+    pub held_back: Vec<u64>,
 }
 
 /// Pairs each process's stops with the starts that follow them.
 #[derive(Default)]
 pub struct PauseTracker {
-    open: FxHashMap<u32, (u64, String, u64)>,
+    open: FxHashMap<u32, (u64, String, Vec<u64>)>,
     done: Vec<RuntimePause>,
     window: Window,
 }
@@ -38,26 +39,18 @@ impl PauseTracker {
         provider == "go" && matches!(name, "stw_stop" | "stw_start")
     }
 
-    /// Takes a user-level probe hit of process `pid` at `ts`: `reasons` names the values of a
-    /// stop's first argument; `active`: the tasks of `pid` running or runnable now.
-    #[allow(clippy::too_many_arguments)]
-    pub fn probe(
-        &mut self,
-        provider: &str,
-        name: &str,
-        reasons: &std::collections::BTreeMap<u64, String>,
-        args: &[u64],
-        ts: u64,
-        pid: u32,
-        active: u64,
-    ) {
-        if provider != "go" {
+    /// Takes a hit of user-level probe `probe` of process `pid` at `ts` (its table entry names
+    /// the values of a stop's first argument); `active`: the tasks of `pid` running or runnable
+    /// now.
+    pub fn probe(&mut self, probe: &UserProbe, args: &[u64], ts: u64, pid: u32, active: Vec<u64>) {
+        if probe.provider != "go" {
             return;
         }
-        match name {
+        match probe.name.as_str() {
             "stw_stop" => {
                 let value = args.first().copied().unwrap_or(0);
-                let reason = reasons.get(&value).cloned().unwrap_or_else(|| format!("stwReason({value})"));
+                let reason =
+                    probe.reasons.get(&value).cloned().unwrap_or_else(|| format!("stwReason({value})"));
                 self.open.insert(pid, (ts, reason, active));
             }
             "stw_start" => {
@@ -84,15 +77,30 @@ mod tests {
     #[test]
     fn stops_pair_with_the_next_start_of_the_same_process() {
         let names: std::collections::BTreeMap<u64, String> = [(2, "stwGCMarkTerm".to_string())].into();
+        let probe = |provider: &str, name: &str| UserProbe {
+            index: 0,
+            binary: String::new(),
+            provider: provider.into(),
+            name: name.into(),
+            file_offset: 0,
+            args: String::new(),
+            reasons: names.clone(),
+        };
+        let (stop, start) = (probe("go", "stw_stop"), probe("go", "stw_start"));
         let mut p = PauseTracker::default();
-        p.probe("go", "stw_stop", &names, &[2], 100, 7, 3);
-        p.probe("go", "stw_stop", &names, &[9], 110, 8, 1);
-        p.probe("go", "stw_start", &names, &[], 150, 7, 0);
-        p.probe("go", "stw_start", &names, &[], 160, 7, 0); // no stop open: nothing
-        p.probe("refrt", "stw_stop", &names, &[2], 170, 7, 0); // another runtime's probe
+        p.probe(&stop, &[2], 100, 7, vec![1, 5, 9]);
+        p.probe(&stop, &[9], 110, 8, vec![1]);
+        p.probe(&start, &[], 150, 7, vec![]);
+        p.probe(&start, &[], 160, 7, vec![]); // no stop open: nothing
+        p.probe(&probe("refrt", "stw_stop"), &[2], 170, 7, vec![]); // another runtime's probe
         let done = p.finish();
-        let want =
-            RuntimePause { pid: 7, start: 100, end: 150, reason: "stwGCMarkTerm".into(), held_back: 3 };
+        let want = RuntimePause {
+            pid: 7,
+            start: 100,
+            end: 150,
+            reason: "stwGCMarkTerm".into(),
+            held_back: vec![1, 5, 9],
+        };
         assert_eq!(done, vec![want]);
         assert!(PauseTracker::wants("go", "stw_stop") && !PauseTracker::wants("go", "gopark"));
     }

@@ -490,9 +490,12 @@ impl TaskTracker {
 
     /// How many tasks of process `pid` are running or runnable now: those a pause of the whole
     /// runtime holds back. (Walks every task: for rare events only.)
-    pub fn active_in(&self, pid: u32) -> u64 {
+    pub fn active_in(&self, pid: u32) -> Vec<u64> {
         let active = |t: &Task| matches!(t.state, TaskState::Running { .. } | TaskState::Runnable { .. });
-        self.tasks.iter().filter(|((p, _), t)| *p == pid && active(t)).count() as u64
+        let mut ids: Vec<u64> =
+            self.tasks.iter().filter(|((p, _), t)| *p == pid && active(t)).map(|((_, id), _)| *id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Whether any task runs on thread `tid` (cheap, for the hot path).

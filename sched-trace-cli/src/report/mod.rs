@@ -59,9 +59,11 @@ pub struct GoReport {
     pub stw: Option<Durations>,
     pub stw_by_reason: Vec<(String, Durations)>,
     /// Goroutines running or runnable when each pause began, summed over the pauses, and the
-    /// most any one pause held back.
+    /// most any one pause held back...
     pub stw_held_back: u64,
     pub stw_held_back_max: u64,
+    /// ...and by start function: how many pauses held back goroutines of it (most first).
+    pub stw_held_back_by_start_function: Vec<(String, u64)>,
     /// Its cgroup's CPU quota in CPUs (the tightest along its ancestry): with GOMAXPROCS above
     /// it, the runtime runs more threads than the quota lets run.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,12 +71,29 @@ pub struct GoReport {
 }
 
 impl GoReport {
+    /// `start_function`: the name of a goroutine of the process by its id.
     fn build(
         p: &crate::trace::format::GoProcess,
         pauses: &[crate::correlate::pauses::RuntimePause],
+        start_function: impl Fn(u64) -> Option<String>,
         quota_cpus: Option<f64>,
     ) -> GoReport {
         let mine: Vec<_> = pauses.iter().filter(|q| q.pid == p.pid).collect();
+        let mut held: BTreeMap<String, u64> = BTreeMap::new();
+        for q in &mine {
+            let mut names: Vec<String> = q
+                .held_back
+                .iter()
+                .map(|&g| start_function(g).unwrap_or_else(|| "(unnamed)".into()))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            for n in names {
+                *held.entry(n).or_default() += 1;
+            }
+        }
+        let mut stw_held_back_by_start_function: Vec<(String, u64)> = held.into_iter().collect();
+        stw_held_back_by_start_function.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut by: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
         for q in &mine {
             by.entry(q.reason.as_str()).or_default().push(q.end.saturating_sub(q.start));
@@ -87,8 +106,9 @@ impl GoReport {
             process: p.clone(),
             stw: (all.count > 0).then_some(all),
             stw_by_reason,
-            stw_held_back: mine.iter().map(|q| q.held_back).sum(),
-            stw_held_back_max: mine.iter().map(|q| q.held_back).max().unwrap_or(0),
+            stw_held_back: mine.iter().map(|q| q.held_back.len() as u64).sum(),
+            stw_held_back_max: mine.iter().map(|q| q.held_back.len() as u64).max().unwrap_or(0),
+            stw_held_back_by_start_function,
             quota_cpus,
         }
     }
@@ -439,6 +459,8 @@ impl Report {
             })
             .collect();
         let tasks: Vec<_> = c.tasks.iter().filter(|t| filter.task(t, &names)).collect();
+        let goroutine_names: rustc_hash::FxHashMap<(u32, u64), String> =
+            c.tasks.iter().filter_map(|t| Some(((t.pid, t.task), t.name.clone()?))).collect();
         let samples = crate::correlate::Metric::ALL
             .into_iter()
             .map(|m| {
@@ -465,6 +487,7 @@ impl Report {
                     GoReport::build(
                         p,
                         &c.pauses,
+                        |goid| goroutine_names.get(&(p.pid, goid)).cloned(),
                         cgroups::process_cpus(&c.tables.cgroups, &membership, p.pid).1,
                     )
                 })

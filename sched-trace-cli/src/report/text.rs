@@ -379,6 +379,15 @@ fn render_go(out: &mut String, programs: &[super::GoReport]) {
                 ]);
             }
             table(out, &rows);
+            let held: Vec<String> = r
+                .stw_held_back_by_start_function
+                .iter()
+                .take(5)
+                .map(|(f, n)| format!("{f} ({n} of {})", count(d.count)))
+                .collect();
+            if !held.is_empty() {
+                let _ = writeln!(out, "  held back most often: {}", held.join(", "));
+            }
         }
     }
 }
