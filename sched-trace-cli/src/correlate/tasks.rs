@@ -548,11 +548,14 @@ impl TaskTracker {
         // A parked task that runs was made runnable by something the probes do not see (Go's
         // netpoller hands its goroutines straight to the run queues): a ready at the same
         // moment, by the netpoller for a netpoll park.
+        // Its queue wait is not known: none is counted.
+        let mut ready_unseen = false;
         if let Transition::Run { .. } = t
             && let Some(TaskState::Parked { reason, .. }) = self.tasks.get(&key).map(|e| e.state)
         {
             let waker = if reason == ParkReason::Netpoll { Waker::Netpoller } else { Waker::Other };
             self.apply(ts, pid, tid, task, Transition::Ready { waker, queue: Queue::Unknown });
+            ready_unseen = true;
         }
         let (record, window) = (self.record_timelines, self.window);
         let counted = window.contains(ts);
@@ -608,7 +611,9 @@ impl TaskTracker {
                 entry.runnable_by = Some(waker);
             }
             Transition::Run { p } => {
-                if let TaskState::Runnable { since, queue } = entry.state {
+                if let TaskState::Runnable { since, queue } = entry.state
+                    && !ready_unseen
+                {
                     let wait = ts.saturating_sub(since);
                     entry.stats.queue_ns += window.clip(since, ts);
                     completed[1] = entry.sample(Metric::TaskQueue, ts, wait, tid);
@@ -1020,6 +1025,8 @@ mod tests {
         assert_eq!(s.parked_ns.get(&ParkReason::Netpoll), Some(&40));
         assert_eq!((s.parked_by_wait.get(&2), s.wakers.get(&Waker::Netpoller)), (Some(&40), Some(&1)));
         assert_eq!(s.samples.get(Metric::Netpoll), 1);
+        // The ready unseen, its queue wait is not known: no zero-length one is counted.
+        assert_eq!((s.samples.get(Metric::TaskQueue), s.queue_latencies_ns.len()), (0, 0));
     }
 
     #[test]
