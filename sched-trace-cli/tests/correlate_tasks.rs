@@ -181,16 +181,18 @@ fn check_against_truth(workload: &str, r: &Recorded) {
         late * 200 <= transitions,
         "{workload}: {late} of {transitions} probe timestamps more than 50 µs off the runtime's clock"
     );
-    let (mut runs, mut right_thread) = (0usize, 0usize);
+    let (mut runs, mut right_thread, mut on_time) = (0usize, 0usize, 0usize);
     let (mut off, mut within_jitter, mut compared) = (Vec::new(), Vec::new(), 0usize);
     for (id, truth) in &r.truth {
         let t =
             tasks.get(id).unwrap_or_else(|| panic!("{workload}: task {id} is missing from the correlation"));
-        // Run intervals: the n-th run of the task, on the same thread, starting within 50 µs.
+        // Run intervals: the n-th run of the task, on the same thread, starting within 50 µs
+        // (as late as the probe that starts it, see `probe_jitter`).
         runs += truth.runs.len();
         for ((start, tid), got) in truth.runs.iter().zip(&t.run_intervals) {
-            if got.tid == *tid && got.start.abs_diff(*start) <= 50_000 {
+            if got.tid == *tid {
                 right_thread += 1;
+                on_time += (got.start.abs_diff(*start) <= 50_000) as usize;
             }
         }
         if !truth.exited {
@@ -231,6 +233,10 @@ fn check_against_truth(workload: &str, r: &Recorded) {
         share >= 0.999,
         "{workload}: {right_thread} of {runs} runs on the right thread ({:.3}%)",
         share * 100.0
+    );
+    assert!(
+        on_time * 200 >= right_thread * 199,
+        "{workload}: {on_time} of {right_thread} runs start within 50 µs of the runtime's clock"
     );
     assert!(off.is_empty(), "{workload}: per-task totals off by more than 2% or 100 µs:\n{}", off.join("\n"));
     if !within_jitter.is_empty() {
