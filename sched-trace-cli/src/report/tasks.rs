@@ -258,7 +258,8 @@ impl TaskSection {
         let mut waits: std::collections::BTreeMap<&str, u64> = Default::default();
         for t in tasks {
             for (name, ns) in &t.parked_by_wait_name {
-                *waits.entry(name).or_default() += ns;
+                let w = waits.entry(name).or_default();
+                *w = w.saturating_add(*ns);
             }
         }
         let mut by_wait_reason: Vec<(String, u64)> =

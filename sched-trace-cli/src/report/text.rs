@@ -241,7 +241,7 @@ fn render_tasks(out: &mut String, s: &TaskSection, limit: usize) {
     table(out, &rows);
     if !s.by_wait_reason.is_empty() {
         let _ = writeln!(out, "\nTime parked by the runtime's wait reason");
-        let total: u64 = s.by_wait_reason.iter().map(|(_, ns)| ns).sum();
+        let total = super::sum(s.by_wait_reason.iter().map(|(_, ns)| *ns));
         let mut rows = vec![cells(&["", "WAIT REASON", "TIME", "SHARE"])];
         for (name, ns) in s.by_wait_reason.iter().take(limit) {
             let name = name.strip_prefix("waitReason").unwrap_or(name);
