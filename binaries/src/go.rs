@@ -86,6 +86,13 @@ pub struct GoLayout {
     pub stw_reasons: BTreeMap<u64, String>,
 }
 
+impl GoLayout {
+    /// The `_G*` statuses by value (`2` → `_Grunning`), as the probe tables name them.
+    pub fn statuses_by_value(&self) -> BTreeMap<u64, String> {
+        self.statuses.iter().map(|(name, value)| (*value, name.clone())).collect()
+    }
+}
+
 /// Where one field's offset goes in a [`GoLayout`].
 type FieldSlot = fn(&mut GoLayout) -> &mut u32;
 
@@ -190,7 +197,7 @@ pub struct GoBinary {
     /// bias is where that page is mapped, less this.
     pub image_base: u64,
     /// The runtime's scheduling points this binary can be probed at (see [`GoProbeSite`]), and
-    /// why the others cannot.
+    /// why the others cannot (`point: why`).
     pub probe_sites: Vec<GoProbeSite>,
     pub missing_sites: Vec<String>,
     /// The functions the compiler's `go` statement wrappers (`main.main.gowrap3`: a `go f(x)`

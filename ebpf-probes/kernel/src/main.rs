@@ -923,10 +923,10 @@ pub fn sys_enter_epoll_pwait2(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn epoll_exit(ctx: &TracePointContext, call: u32) -> u32 {
     let (tid, pid) = current();
-    if unsafe { EPOLL_PENDING.get(&tid) }.is_none() {
+    // Fails (nothing to remove) when the entry was not recorded.
+    if EPOLL_PENDING.remove(&tid).is_err() {
         return 0;
     }
-    let _ = EPOLL_PENDING.remove(&tid);
     if !traced(pid) {
         return 0;
     }

@@ -15,9 +15,9 @@
 //! switch-in, or the last event on it) and keeps it through the thread's off-CPU time after it
 //! (preempted: CFS-stolen; asleep in a syscall: blocked in the kernel) until another observation
 //! names someone else (Go: asleep in a system call, the goroutine's status `_Gsyscall` at the
-//! switch-out, is a blocking call). A thread seen running no task (in the scheduler, on its way to sleep for
-//! lack of work, or handing a locked goroutine back) gives the stretch that ends there to the
-//! task it ran before: the scheduler's search is short next to a task's run, and the task had
+//! switch-out, is a blocking call). A thread seen running no task (in the scheduler, on its way
+//! to sleep for lack of work, or handing a locked goroutine back) gives the stretch that ends
+//! there to the task it ran before: the scheduler's search is short next to a task's run, and the task had
 //! the thread until it left it somewhere in that stretch. Its time outside runs is not known
 //! (neither queued nor parked).
 
@@ -171,7 +171,7 @@ fn go_transition(name: &str, reasons: &BTreeMap<u64, String>, args: &[u64]) -> O
         "goroutine" => {
             use sched_trace_abi::go_identity_arg as a;
             // The statuses are named in the probe's table entry (from the binary's DWARF).
-            let in_system_call = reasons.get(&(arg(a::STATUS) & !0x1000)).is_some_and(|s| s == "_Gsyscall");
+            let in_system_call = go_status(reasons, arg(a::STATUS)) == Some("_Gsyscall");
             return Some((arg(a::GOID), Transition::Observed { start_pc: arg(a::STARTPC), in_system_call }));
         }
         // The goroutines parked on the fd for reading and for writing, and the mode ('r', 'w'
@@ -197,9 +197,7 @@ fn go_transition(name: &str, reasons: &BTreeMap<u64, String>, args: &[u64]) -> O
         "syscall_exit" => return Some((goid, Transition::BlockExit)),
         "syscall_exit_no_p" => Transition::Park { reason: ParkReason::Yield, fd: None, wait: None },
         "casgstatus" => {
-            const SCAN: u64 = 0x1000;
-            let status = |i: usize| reasons.get(&(arg(i) & !SCAN)).map(String::as_str);
-            return match (status(1), status(2)) {
+            return match (go_status(reasons, arg(1)), go_status(reasons, arg(2))) {
                 (_, Some("_Gsyscall")) => Some((goid, Transition::BlockEnter)),
                 (Some("_Gsyscall"), Some("_Grunnable")) => {
                     Some((goid, Transition::Park { reason: ParkReason::Yield, fd: None, wait: None }))
@@ -230,6 +228,13 @@ fn go_transition(name: &str, reasons: &BTreeMap<u64, String>, args: &[u64]) -> O
         _ => return None,
     };
     Some((goid, t))
+}
+
+/// The name of Go goroutine status `value` in `statuses` (by value), without the `_Gscan` bit
+/// a garbage collection scanning the goroutine's stack adds to it.
+fn go_status(statuses: &BTreeMap<u64, String>, value: u64) -> Option<&str> {
+    const SCAN: u64 = 0x1000;
+    statuses.get(&(value & !SCAN)).map(String::as_str)
 }
 
 /// The start pc a runtime probe's record carries (Go's `execute` and `newproc`: the second

@@ -4,7 +4,7 @@
 //! the model every runtime uses (a probe-table entry `go:goroutine`), plus a `GO` table.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     path::Path,
     sync::Arc,
 };
@@ -113,7 +113,7 @@ impl GoPrograms {
             probe: Some(probe_index),
             gomaxprocs: None,
             cpus_allowed: None,
-            statuses: l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect(),
+            statuses: l.statuses_by_value(),
             wait_reasons: l.wait_reasons.clone(),
         };
         // A position-dependent image is where it was linked; another's bias is read later.
@@ -148,7 +148,7 @@ impl GoPrograms {
             file_offset: 0,
             args: "goid startpc status waitreason on_system_stack".into(),
             // The statuses by name: the correlation tells a goroutine in a system call by them.
-            reasons: l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect(),
+            reasons: l.statuses_by_value(),
         };
         self.probes.insert(probe_index);
         self.followed.insert(pid, Followed { binary, bias, info });
@@ -299,17 +299,30 @@ impl GoArg {
     }
 }
 
+/// Whether the full level attaches probe point `point` (those only on request with
+/// `casgstatus`).
+fn wanted(point: &str, casgstatus: bool) -> bool {
+    casgstatus || !ON_REQUEST_POINTS.contains(&point)
+}
+
+/// Why the full level's probe points that `binary` lacks are missing (those it would attach).
+pub fn missing_sites(binary: &GoBinary, casgstatus: bool) -> impl Iterator<Item = &String> {
+    binary.missing_sites.iter().filter(move |why| {
+        let point = why.split(':').next().unwrap_or_default();
+        wanted(point, casgstatus)
+    })
+}
+
 /// The probes of the full level for `binary` (indexes to be assigned), with how each reads its
 /// arguments: one per scheduling point found in it, the goroutine's id first; `casgstatus` only
 /// when asked for.
 pub fn full_probes(binary: &GoBinary, casgstatus: bool) -> Vec<(UserProbe, Vec<GoArg>)> {
     let l = &binary.layout;
     let (goid, startpc) = (l.g_goid, l.g_startpc);
-    let statuses: BTreeMap<u64, String> = l.statuses.iter().map(|(k, v)| (*v, k.clone())).collect();
     binary
         .probe_sites
         .iter()
-        .filter(|site| casgstatus || !ON_REQUEST_POINTS.contains(&site.point))
+        .filter(|site| wanted(site.point, casgstatus))
         .filter_map(|site| {
             let args = match site.point {
                 // execute(gp, …) and the new g newproc1 returns: RAX.
@@ -353,7 +366,7 @@ pub fn full_probes(binary: &GoBinary, casgstatus: bool) -> Vec<(UserProbe, Vec<G
                 reasons: match site.point {
                     "gopark" => l.wait_reasons.clone(),
                     "stw_stop" => l.stw_reasons.clone(),
-                    "casgstatus" => statuses.clone(),
+                    "casgstatus" => l.statuses_by_value(),
                     _ => Default::default(),
                 },
             };

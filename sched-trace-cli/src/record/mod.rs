@@ -758,13 +758,7 @@ impl UsdtCatalog {
         if !self.go_seen.insert(FileId::of(Path::new(&binary.path))) {
             return start..start;
         }
-        let asked = |why: &&String| {
-            self.go_casgstatus
-                || !sched_trace_binaries::go::ON_REQUEST_POINTS
-                    .iter()
-                    .any(|p| why.starts_with(&format!("{p}:")))
-        };
-        for why in binary.missing_sites.iter().filter(asked) {
+        for why in go::missing_sites(binary, self.go_casgstatus) {
             eprintln!("sched-trace: warning: {}: Go probe {why}: not attached", binary.path);
             skipped.push(format!("{}: Go probe {why}", binary.path));
         }
