@@ -20,7 +20,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{self, bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map, perf_event, tracepoint, uprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -1051,22 +1051,15 @@ pub fn usdt(ctx: ProbeContext) -> u32 {
     // The time first: the argument reads below take longer for some probes than for others.
     let ts = unsafe { bpf_ktime_get_ns() };
     let probe = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let ip_off = global(&PT_REGS_IP);
-    let ip = if ip_off == u32::MAX {
-        0
-    } else {
-        unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u8).wrapping_add(ip_off as usize) as *const u64) }
-            .unwrap_or(0)
-    };
     let Some(spec) = USDT_SPECS.get(probe) else { return 0 };
-    let mut args = [0u64; USER_TASK_ARGS];
-    let mut i = 0;
-    while i < USER_TASK_ARGS {
-        if (i as u32) < spec.nargs {
-            args[i] = usdt_arg(&ctx, &spec.args[i]);
-        }
-        i += 1;
-    }
+    // The registers in one read rather than one per operand and one for the ip: a helper call
+    // is most of what a probe costs here, after the trap itself (the full level of a Go
+    // program fires several per goroutine switch).
+    let regs = Registers::of(&ctx);
+    let ip = regs.get(global(&PT_REGS_IP));
+    // Each element written once (a zeroed array first is a call to a BPF `memset`).
+    let arg = |i: usize| if (i as u32) < spec.nargs { usdt_arg(&regs, &spec.args[i]) } else { 0 };
+    let args: [u64; USER_TASK_ARGS] = [arg(0), arg(1), arg(2), arg(3), arg(4)];
     emit(
         kind::USER_TASK,
         UserTaskRecord {
@@ -1078,6 +1071,61 @@ pub fn usdt(ctx: ProbeContext) -> u32 {
         },
     );
     0
+}
+
+/// `sizeof(struct pt_regs)` (from BTF): the registers are copied whole when it fits.
+#[unsafe(no_mangle)]
+static PT_REGS_SIZE: u32 = 0;
+
+/// Room for an x86-64 `struct pt_regs` (21 words).
+const REGS_WORDS: usize = 24;
+
+/// Where [`Registers`] copies them: a map value rather than the stack, which has no room to
+/// spare and would be zeroed first (a call to a BPF `memset`). Uprobe programs run with
+/// preemption off, so one per CPU is enough.
+#[map]
+static REGS_COPY: PerCpuArray<[u64; REGS_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The probed task's registers (a uprobe's context is its user-mode `struct pt_regs`).
+struct Registers {
+    ctx: *const u8,
+    /// The copy, when it was taken (its first `copied` bytes).
+    copy: *const [u64; REGS_WORDS],
+    copied: u32,
+}
+
+impl Registers {
+    #[inline(always)]
+    fn of(ctx: &ProbeContext) -> Registers {
+        let ctx = ctx.as_ptr() as *const u8;
+        let size = global(&PT_REGS_SIZE);
+        let Some(copy) = REGS_COPY.get_ptr_mut(0) else {
+            return Registers { ctx, copy: core::ptr::null(), copied: 0 };
+        };
+        let mut copied = 0;
+        if size > 0 && size as usize <= REGS_WORDS * 8 {
+            let rc = unsafe {
+                generated::bpf_probe_read_kernel(copy as *mut core::ffi::c_void, size, ctx as *const core::ffi::c_void)
+            };
+            if rc == 0 {
+                copied = size;
+            }
+        }
+        Registers { ctx, copy, copied }
+    }
+
+    /// The register at byte offset `off` of `pt_regs` (`u32::MAX`: unknown, 0).
+    #[inline(always)]
+    fn get(&self, off: u32) -> u64 {
+        if off == u32::MAX {
+            return 0;
+        }
+        let word = (off / 8) as usize;
+        if off % 8 == 0 && off + 8 <= self.copied && word < REGS_WORDS {
+            return unsafe { (*self.copy)[word] };
+        }
+        unsafe { bpf_probe_read_kernel(self.ctx.wrapping_add(off as usize) as *const u64) }.unwrap_or(0)
+    }
 }
 
 /// Follows a chain of at most two further pointers from `addr` (see `usdt_arg::REG_DEREF_CHAIN`):
@@ -1099,15 +1147,12 @@ fn chase(addr: u64, then: [u16; 2]) -> u64 {
 }
 
 #[inline(always)]
-fn usdt_arg(ctx: &ProbeContext, a: &UsdtArg) -> u64 {
+fn usdt_arg(regs: &Registers, a: &UsdtArg) -> u64 {
     let raw: u64 = match a.kind {
         usdt_arg::CONST => return a.value as u64,
         usdt_arg::REG | usdt_arg::REG_DEREF | usdt_arg::REG_DEREF_CHAIN => {
-            // ctx is the probed task's struct pt_regs; reg_off comes from the kernel's BTF.
-            let reg = unsafe {
-                bpf_probe_read_kernel((ctx.as_ptr() as *const u8).wrapping_add(a.reg_off as usize) as *const u64)
-            }
-            .unwrap_or(0);
+            // reg_off comes from the kernel's BTF.
+            let reg = regs.get(a.reg_off);
             if a.kind == usdt_arg::REG {
                 reg
             } else {

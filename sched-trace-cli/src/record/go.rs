@@ -3,11 +3,9 @@
 //! names the functions goroutines start with. What reaches the trace are user-task records of
 //! the model every runtime uses (a probe-table entry `go:goroutine`), plus a `GO` table.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-    sync::Arc,
-};
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use rustc_hash::FxHashSet;
 
 use sched_trace_abi::{GoIdentity, go_identity_arg};
 use sched_trace_binaries::go::{GoBinary, GoError, LayoutSource, ON_REQUEST_POINTS};
@@ -50,10 +48,11 @@ struct Followed {
 pub struct GoPrograms {
     followed: HashMap<u32, Followed>,
     /// Probe indexes of the goroutine records (one per process).
-    probes: HashSet<u32>,
+    /// (Fx-hashed: they are looked up for every user-task record the recorder drains.)
+    probes: FxHashSet<u32>,
     /// Start pcs seen in the records and not yet named.
-    unnamed: HashSet<(u32, u64)>,
-    named: HashSet<(u32, u64)>,
+    unnamed: FxHashSet<(u32, u64)>,
+    named: FxHashSet<(u32, u64)>,
 }
 
 /// What `inspect` found in a traced executable.

@@ -155,6 +155,11 @@ impl KernelBtf {
             .ok_or_else(|| RecordError::Btf { what: format!("struct pt_regs has no field `{field}`") })
     }
 
+    /// The size of `struct pt_regs`: a probe copies a task's registers in one read.
+    pub fn pt_regs_size(&self) -> Result<u32, RecordError> {
+        Ok(self.struct_named("pt_regs")?.size() as u32)
+    }
+
     /// Checks that raw tracepoint `name` has the prototype the probes read (`params`, after the
     /// leading `void *`), in the notation of [`Self::describe`].
     pub fn check_tracepoint(&self, name: &str, params: &[&str]) -> Result<(), RecordError> {

@@ -326,6 +326,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         task: kernel.task,
         orig_ax: kernel.orig_ax,
         ip: kernel.pt_regs.get("ip").copied(),
+        pt_regs_size: kernel.pt_regs_size,
         epoll: kernel.epoll,
         mmap: kernel.mmap,
         stacks: opts.stacks,
@@ -557,6 +558,8 @@ struct KernelFacts {
     pt_regs: std::collections::HashMap<usdt::PtRegsField, u32>,
     /// Offset of `pt_regs.orig_ax` (tells interrupts from syscalls).
     orig_ax: Option<u32>,
+    /// `sizeof(struct pt_regs)`.
+    pt_regs_size: Option<u32>,
     cgroups: Option<kernel_btf::CgroupOffsets>,
     throttle_count: Option<u32>,
 }
@@ -573,6 +576,7 @@ impl KernelFacts {
             .map(|f| Ok((*f, btf.pt_regs_offset(f)?)))
             .collect::<Result<_, RecordError>>()?;
         let orig_ax = btf.pt_regs_offset("orig_ax").ok();
+        let pt_regs_size = btf.pt_regs_size().ok();
         let mmap = MmapOffsets {
             len: tracefs::field_offset(&tracefs_root, "syscalls", "sys_enter_mmap", "len")?,
             prot: tracefs::field_offset(&tracefs_root, "syscalls", "sys_enter_mmap", "prot")?,
@@ -584,6 +588,7 @@ impl KernelFacts {
             mmap,
             pt_regs,
             orig_ax,
+            pt_regs_size,
             cgroups: btf.cgroup_offsets(),
             throttle_count: btf.cfs_rq_throttle_count(),
         })

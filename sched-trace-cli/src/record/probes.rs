@@ -119,6 +119,8 @@ pub struct ProbeConfig {
     /// Offsets of `pt_regs.orig_ax` and `pt_regs.ip`, if known.
     pub orig_ax: Option<u32>,
     pub ip: Option<u32>,
+    /// `sizeof(struct pt_regs)`, if known.
+    pub pt_regs_size: Option<u32>,
     pub epoll: EpollOffsets,
     pub mmap: MmapOffsets,
     pub stacks: StackOptions,
@@ -196,6 +198,7 @@ impl Probes {
         let filter_cgroups = config.filter_cgroups as u8;
         let orig_ax = config.orig_ax.unwrap_or(none);
         let ip = config.ip.unwrap_or(none);
+        let pt_regs_size = config.pt_regs_size.unwrap_or(0);
         // Wake the reader when an eighth of the ring buffer is waiting; it drains on a timer
         // anyway (see record::Session).
         let wakeup_bytes = (config.ring_buffer_bytes / 8) as u64;
@@ -233,6 +236,7 @@ impl Probes {
             .override_global("FILTER_CGROUPS", &filter_cgroups, true)
             .override_global("PT_REGS_ORIG_AX", &orig_ax, true)
             .override_global("PT_REGS_IP", &ip, true)
+            .override_global("PT_REGS_SIZE", &pt_regs_size, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("EPOLL_EPFD", &config.epoll.epfd, true)
             .override_global("EPOLL_MAXEVENTS", &config.epoll.maxevents, true)

@@ -5,7 +5,9 @@
 // compare the trace with.
 //
 // -bench runs only the ping-pong and the echo traffic, as fast as they go, and prints how much
-// work it did in the time: the workload the overhead benchmarks time.
+// work it did in the time: the workload the overhead benchmarks time. -pingpong=false leaves the
+// ping-pong out; -work N makes the echo server a request server that computes for N rounds of
+// burn's loop (a fixed amount of CPU, not of time) before each reply.
 package main
 
 import (
@@ -30,6 +32,8 @@ import (
 var (
 	duration   = flag.Duration("duration", 2*time.Second, "how long the workload runs")
 	bench      = flag.Bool("bench", false, "run the benchmark mode (ping-pong and echo only)")
+	pingPong   = flag.Bool("pingpong", true, "run the channel ping-pong")
+	work       = flag.Int("work", 0, "rounds of computation the echo server does per request before replying")
 	lockedCPU  = flag.Int("locked-cpu", -1, "pin the locked goroutine's thread to this CPU (-1: leave it)")
 	clients    = flag.Int("clients", 4, "echo clients")
 	gcs        = flag.Int("gcs", 5, "forced garbage collections")
@@ -145,7 +149,23 @@ func acceptLoop(wg *sync.WaitGroup) {
 func echoConn(c net.Conn, wg *sync.WaitGroup) {
 	defer finished("main.echoConn", wg)
 	defer c.Close()
-	io.Copy(c, c)
+	if *work == 0 {
+		io.Copy(c, c)
+		return
+	}
+	// A request server: each 16-byte request is answered after a fixed amount of computation.
+	buf := make([]byte, 16)
+	var x uint64
+	for {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			break
+		}
+		x += burnRounds(*work)
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+	}
+	runtime.KeepAlive(x)
 }
 
 func echoClient(wg *sync.WaitGroup) {
@@ -191,9 +211,12 @@ func syscaller(wg *sync.WaitGroup) {
 	}
 }
 
-func burn() uint64 {
+func burn() uint64 { return burnRounds(100000) }
+
+// burnRounds computes for n rounds of a dependent multiply-add (about 2 ns each here).
+func burnRounds(n int) uint64 {
 	x := uint64(1)
-	for i := 0; i < 100000; i++ {
+	for i := 0; i < n; i++ {
 		x = x*6364136223846793005 + 1442695040888963407
 	}
 	return x
@@ -264,10 +287,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "schedtarget: listen:", err)
 		os.Exit(1)
 	}
-	started("main.pinger", &wg)
-	go pinger(&wg)
-	started("main.ponger", &wg)
-	go ponger(&wg)
+	if *pingPong {
+		started("main.pinger", &wg)
+		go pinger(&wg)
+		started("main.ponger", &wg)
+		go ponger(&wg)
+	}
 	started("main.acceptLoop", &serverWg)
 	go acceptLoop(&serverWg)
 	for i := 0; i < *clients; i++ {
@@ -288,9 +313,13 @@ func main() {
 		go lockedSpinner(&wg)
 		l := <-lockedIDs
 		res.LockedGoid, res.LockedTid = l[0], int(l[1])
-		// Forced GCs, spread over the run.
+		// Forced GCs, spread over the run. In between, the main goroutine sleeps in a blocking
+		// system call rather than on a timer: its thread then sleeps in the kernel with it as
+		// the current goroutine, so a recording that starts late (by --pid) sees it at the
+		// identity level, which only observes goroutines that hold a thread when it switches.
 		for i := 0; i < *gcs; i++ {
-			time.Sleep(*duration / time.Duration(*gcs+1))
+			ts := syscall.NsecToTimespec(int64(*duration / time.Duration(*gcs+1)))
+			syscall.Syscall(syscall.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
 			runtime.GC()
 			res.ForcedGC++
 		}
