@@ -34,7 +34,8 @@ use tokio::{
 };
 
 use crate::trace::{
-    DropCounters, EndInfo, TraceError, TraceInfo, TraceTarget, TraceWriter, event::peek_kind_size,
+    DropCounters, EndInfo, TraceError, TraceInfo, TraceTarget, TraceWriter,
+    event::{peek_ids, peek_kind_size},
 };
 use mappings::MappingScanner;
 pub use probes::StackOptions;
@@ -1261,7 +1262,6 @@ fn stack_kinds(s: &StackOptions) -> u32 {
 fn drain(ring: &mut RingBuf<MapData>, d: &mut Drained) -> Vec<u32> {
     use sched_trace_abi::{RecordHeader, kind};
     let mut execs = Vec::new();
-    let pid_at = std::mem::offset_of!(RecordHeader, pid);
     while let Some(item) = ring.next() {
         // One whole record of a known kind and size (the sink decodes it).
         let whole = peek_kind_size(&item).is_some_and(|(kind, size)| {
@@ -1272,7 +1272,7 @@ fn drain(ring: &mut RingBuf<MapData>, d: &mut Drained) -> Vec<u32> {
             continue;
         }
         let k = item[std::mem::offset_of!(RecordHeader, kind)];
-        let pid = || u32::from_le_bytes([item[pid_at], item[pid_at + 1], item[pid_at + 2], item[pid_at + 3]]);
+        let pid = || peek_ids(&item).map_or(0, |(_, pid)| pid);
         if k == kind::EXEC {
             execs.push(pid());
         }

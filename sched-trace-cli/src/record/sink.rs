@@ -19,17 +19,9 @@ use tokio::sync::mpsc::Receiver;
 use super::procfs;
 use crate::trace::{
     Comm, DropCounters, EventKind, TaskEntry, TaskSource, TraceError, TraceWriter, UserProbe,
-    event::{Decoded, decode, peek_kind_size, peek_ts},
+    event::{Decoded, decode, peek_ids, peek_kind_size, peek_ts},
     format::{KernelSymbols, MappingsChunk},
 };
-
-const TID_AT: usize = std::mem::offset_of!(sched_trace_abi::RecordHeader, tid);
-const PID_AT: usize = std::mem::offset_of!(sched_trace_abi::RecordHeader, pid);
-
-/// The `u32` at `at` of a record whose header is whole (0 if it is not).
-fn header_u32(record: &[u8], at: usize) -> u32 {
-    record.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
-}
 
 /// Records younger than this (relative to the newest seen) wait for the next chunk.
 pub const HOLDBACK_NS: u64 = 10_000_000;
@@ -154,10 +146,13 @@ impl Sink {
         while let Some((kind, size)) = peek_kind_size(rest) {
             // User-task records, the bulk at a Go program's full level, name no thread but
             // their own: the header says which, without decoding the rest.
-            if kind == sched_trace_abi::kind::USER_TASK && size > 0 && size <= rest.len() {
-                let (tid, pid) = (header_u32(rest, TID_AT), header_u32(rest, PID_AT));
-                self.name_thread(peek_ts(rest).unwrap_or(0), tid, pid);
-                self.take(rest, size);
+            if kind == sched_trace_abi::kind::USER_TASK
+                && size > 0
+                && size <= rest.len()
+                && let Some((tid, pid)) = peek_ids(rest)
+            {
+                let ts = self.take(rest, size);
+                self.name_thread(ts, tid, pid);
                 rest = &rest[size..];
                 continue;
             }
@@ -174,12 +169,13 @@ impl Sink {
         }
     }
 
-    /// Queues the record of `size` bytes at the start of `rest` for writing.
-    fn take(&mut self, rest: &[u8], size: usize) {
+    /// Queues the record of `size` bytes at the start of `rest` for writing; returns its time.
+    fn take(&mut self, rest: &[u8], size: usize) -> u64 {
         let ts = peek_ts(rest).unwrap_or(0);
         self.newest = self.newest.max(ts);
         self.index.push((ts, self.pending.len() as u32, size as u8));
         self.pending.extend_from_slice(&rest[..size]);
+        ts
     }
 
     /// Names thread `tid` of `pid` (from /proc) the first time a record (at `ts`) shows it.

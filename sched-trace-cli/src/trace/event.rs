@@ -219,6 +219,16 @@ pub fn peek_ts(buf: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b))
 }
 
+/// Reads the thread and process ids of the record at the start of `buf` (no validation beyond
+/// length).
+pub fn peek_ids(buf: &[u8]) -> Option<(u32, u32)> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    let word = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    Some((word(offset_of!(RecordHeader, tid)), word(offset_of!(RecordHeader, pid))))
+}
+
 /// Decodes the record at the start of `buf`.
 pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
     let Some((k, size)) = peek_kind_size(buf) else {
